@@ -1,0 +1,1 @@
+"""Declarative, YAML-driven job runner on APScheduler 3."""
