@@ -1,0 +1,277 @@
+"""The command line: the only place that turns exceptions into messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from runner.errors import RunnerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """Prints one line for any failure; a traceback only with RUNNER_DEBUG=1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except RunnerError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+        except Exception as exc:
+            if os.environ.get("RUNNER_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set RUNNER_DEBUG=1 for a traceback)")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def output_option(func: F) -> F:
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def emit_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="runner")
+def main() -> None:
+    """Declarative, YAML-driven job runner."""
+
+
+def _paths(paths: tuple[str, ...]) -> list[str]:
+    from runner.jobfiles import default_paths
+
+    return list(paths) or default_paths()
+
+
+def _parse_from(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint="--from") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--next", "next_count", type=click.IntRange(0, 1000), default=0, help="List each job's next N fire times.")
+@click.option("--from", "from_", metavar="ISO8601", help="Start of --next (default: now).")
+@click.option("--no-import", is_flag=True, help="Do not import targets (CI without the app code).")
+@output_option
+def validate(
+    paths: tuple[str, ...], next_count: int, from_: str | None, no_import: bool, output: str
+) -> None:
+    """Check job files without touching a database."""
+    from runner import validate as validating
+    from runner.durations import format_duration
+
+    report = validating.run(_paths(paths), not no_import, next_count, _parse_from(from_))
+    if output == "json":
+        emit_json(report.as_json())
+    else:
+        for problem in report.problems:
+            click.echo(str(problem), err=True)
+        if report.valid:
+            for sourced in report.loaded.jobs:
+                trig = sourced.job.trigger
+                what = f"cron {trig.cron!r}" if trig.cron else (
+                    f"every {format_duration(trig.interval)}" if trig.interval else f"at {trig.at}"
+                )
+                click.echo(f"{sourced.job.id}  {sourced.file}:{sourced.line}  {what} {sourced.job.zone}")
+                for moment in report.next_times.get(sourced.job.id, []):
+                    click.echo(f"    {moment.isoformat()}")
+            files = len(report.loaded.files)
+            click.echo(f"{len(report.loaded.jobs)} job(s) in {files} file(s) are valid.")
+    sys.exit(0 if report.valid else 1)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of a job file, for editors."""
+    from runner.schema import job_file_schema
+
+    emit_json(job_file_schema())
+
+
+def db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="RUNNER_DATABASE_URL",
+        default="sqlite:///runner.db",
+        show_default=True,
+        help="Database URL (env RUNNER_DATABASE_URL).",
+    )(func)
+
+
+def _valid_jobs(paths: tuple[str, ...]) -> Any:
+    """Load and fully validate the files, or fail with every problem listed."""
+    from runner import validate as validating
+    from runner.errors import InvalidJobFiles
+
+    loaded, problems = validating.load_valid(_paths(paths))
+    if problems:
+        raise InvalidJobFiles(problems)
+    return loaded
+
+
+def _report_problems(exc: Any) -> None:
+    for problem in exc.problems:
+        click.echo(str(problem), err=True)
+    click.echo(f"error: {len(exc.problems)} problem(s) in job files; nothing was applied", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@db_option
+@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing. Exit 2 when changes are pending.")
+@click.option("--no-prune", is_flag=True, help="Keep stored jobs that are no longer in the files.")
+@output_option
+def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, output: str) -> None:
+    """Sync the job files into the job store, in one transaction."""
+    from runner import reconcile
+    from runner.errors import InvalidJobFiles
+    from runner.store.engine import connect
+
+    try:
+        loaded = _valid_jobs(paths)
+    except InvalidJobFiles as exc:
+        _report_problems(exc)
+    from runner.plan import Desired
+
+    desired = [Desired.of(sourced) for sourced in loaded.jobs]
+    engine = connect(db_url)
+    try:
+        plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json(plan.as_json(applied))
+    else:
+        for line in plan.text_lines():
+            click.echo(line)
+    sys.exit(2 if dry_run and plan.changed else 0)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@db_option
+@click.option("--no-watch", is_flag=True, help="Do not follow changes to the job files.")
+@click.option("--http", "http", metavar="HOST:PORT", help="Serve health, metrics and the control API.")
+@click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds running jobs get to finish at shutdown.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True)
+@output_option
+def serve(
+    paths: tuple[str, ...], db_url: str, no_watch: bool, http: str | None, grace: float,
+    log_format: str, log_level: str, output: str,
+) -> None:
+    """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT."""
+    from runner import logs
+    from runner.serve import Options
+    from runner.serve import serve as run_server
+
+    logs.setup(log_format, log_level)
+    sys.exit(run_server(Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)))
+
+
+def _engine(db_url: str) -> Any:
+    from runner.store import schema
+    from runner.store.engine import connect
+
+    engine = connect(db_url)
+    schema.ensure(engine)
+    return engine
+
+
+@main.command()
+@db_option
+@output_option
+def jobs(db_url: str, output: str) -> None:
+    """The stored jobs the runner owns."""
+    from runner import queries
+
+    engine = _engine(db_url)
+    try:
+        rows = queries.jobs(engine)
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json(rows)
+        return
+    for row in rows:
+        state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
+        last = f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
+        click.echo(f"{row['id']}  {row['target']}  next: {state}  last: {last}")
+
+
+@main.command()
+@db_option
+@click.option("--job", "job_id", help="Only this job's runs.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@output_option
+def runs(db_url: str, job_id: str | None, limit: int, output: str) -> None:
+    """Run history, newest first."""
+    from runner import history
+
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = [history.run_as_json(r) for r in history.recent(conn, job_id, limit)]
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json(rows)
+        return
+    for r in rows:
+        error = f"  {r['error']}" if r["error"] else ""
+        click.echo(
+            f"{r['run_id']}  {r['job_id']}  {r['scheduled_at']}  attempt {r['attempt']}  {r['status']}{error}"
+        )
+
+
+@main.command(name="run")
+@click.argument("job_id")
+@db_option
+@output_option
+def run_now(job_id: str, db_url: str, output: str) -> None:
+    """Run one stored job once, now, in this process, recorded in the history."""
+    from runner import queries
+    from runner import logs
+
+    logs.setup("text", "INFO")
+    engine = _engine(db_url)
+    try:
+        outcome = queries.run_once(engine, job_id)
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json({"job_id": job_id, "status": outcome.status, "error": outcome.error})
+    else:
+        click.echo(f"{job_id}: {outcome.status}" + (f": {outcome.error}" if outcome.error else ""))
+    sys.exit(0 if outcome.status == "succeeded" else 1)

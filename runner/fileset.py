@@ -1,0 +1,100 @@
+"""The job files as `serve` sees them: the last good version of each, so a typo never deletes.
+
+A file that turns invalid keeps contributing the jobs of its last valid version. A file that
+disappears removes its jobs, but only once it has stayed gone for a moment, so editors that
+save by renaming never cause a deletion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import jobfiles, validate
+from runner.errors import Problem
+from runner.plan import Desired
+
+log = logging.getLogger("runner.files")
+
+
+@dataclass(slots=True)
+class FileSet:
+    paths: list[str]
+    good: dict[str, list[Desired]] = field(default_factory=dict)
+    bad: dict[str, list[Problem]] = field(default_factory=dict)
+    gone_grace: float = 0.5
+    _stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _missing_since: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def removal_pending(self) -> bool:
+        """A file vanished recently; call refresh again after `gone_grace` to settle it."""
+        return bool(self._missing_since)
+
+    def refresh(self, changed: Iterable[str] | None = None) -> list[Problem]:
+        """Re-read files (all, or those whose stat changed); return the problems now present."""
+        files, missing = jobfiles.discover(self.paths)
+        present = set(files)
+        now = time.monotonic()
+        for file in list(self._missing_since):
+            if file in present:
+                del self._missing_since[file]
+        for gone in [f for f in self.good if f not in present]:
+            since = self._missing_since.setdefault(gone, now)
+            if now - since >= self.gone_grace:
+                log.info("%s is gone: its %d job(s) will be removed", gone, len(self.good[gone]))
+                del self.good[gone]
+                del self._missing_since[gone]
+                self._stamps.pop(gone, None)
+        for gone in [f for f in self.bad if f not in present]:
+            del self.bad[gone]
+        wanted = set(os.path.realpath(c) for c in changed) if changed is not None else None
+        for file in files:
+            if wanted is not None and os.path.realpath(file) not in wanted and file in self._stamps:
+                continue
+            self._read(file)
+        return [*missing, *(p for problems in self.bad.values() for p in problems)]
+
+    def _read(self, file: str) -> None:
+        try:
+            stat = os.stat(file)
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            self.bad[file] = [Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}")]
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._stamps.get(file) == stamp and (file in self.good or file in self.bad):
+            return
+        self._stamps[file] = stamp
+        jobs, problems = jobfiles.parse_file(file, data)
+        if not problems:
+            problems = validate.check_targets(jobs, import_targets=True)
+        if problems:
+            self.bad[file] = problems
+            kept = len(self.good.get(file, []))
+            for problem in problems:
+                log.error("%s (keeping the %d job(s) of its last valid version)", problem, kept)
+            return
+        self.bad.pop(file, None)
+        self.good[file] = [Desired.of(s) for s in jobs]
+
+    def desired(self) -> tuple[list[Desired], list[Problem]]:
+        """Every job to keep scheduled, or the reasons it is not safe to apply now."""
+        unknown = [p for f, ps in self.bad.items() if f not in self.good for p in ps]
+        if unknown:
+            return [], unknown
+        jobs = [d for file in sorted(self.good) for d in self.good[file]]
+        seen: dict[str, Desired] = {}
+        problems = []
+        for want in jobs:
+            first = seen.setdefault(want.sourced.job.id, want)
+            if first is not want:
+                s = want.sourced
+                problems.append(
+                    Problem(s.file, s.line, 1, s.job.id, "id", f"duplicate id, first defined at {first.sourced.file}:{first.sourced.line}")
+                )
+        return (jobs, []) if not problems else ([], problems)

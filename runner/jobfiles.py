@@ -1,0 +1,261 @@
+"""Find job files, read them, and turn them into validated jobs or located problems."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runner import models
+from runner.errors import Problem
+from runner.yamlread import Path as YamlPath
+from runner.yamlread import Positions, YamlProblem, read_yaml
+
+ENV_JOBS = "RUNNER_JOBS"
+DEFAULT_FOLDER = "jobs.d"
+SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedJob:
+    """A valid job and where it was written."""
+
+    job: models.Job
+    file: str
+    line: int
+    fields: dict[str, tuple[int, int]]
+
+    def position(self, field: str) -> tuple[int, int]:
+        return self.fields.get(field, (self.line, 1))
+
+
+@dataclass(slots=True)
+class Loaded:
+    """Every job that validated and every problem found; the set is usable only without problems."""
+
+    jobs: list[SourcedJob]
+    problems: list[Problem]
+    files: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def default_paths(environ: os._Environ[str] | dict[str, str] = os.environ) -> list[str]:
+    value = environ.get(ENV_JOBS)
+    if value:
+        return [p for p in value.split(os.pathsep) if p]
+    return [DEFAULT_FOLDER]
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name.endswith("~") or name.startswith("#")
+
+
+def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
+    """Expand folders to their job files (sorted, not recursive); name missing paths."""
+    files: list[str] = []
+    problems: list[Problem] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            names = sorted(
+                entry.name
+                for entry in os.scandir(path)
+                if entry.name.endswith(SUFFIXES) and not _ignored(entry.name) and entry.is_file()
+            )
+            files.extend(str(path / name) for name in names)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            problems.append(Problem(str(path), 1, 1, None, None, "no such file or directory"))
+    seen: set[str] = set()
+    unique = [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]  # type: ignore[func-returns-value]
+    return unique, problems
+
+
+def load(paths: Sequence[str]) -> Loaded:
+    files, problems = discover(paths)
+    jobs: list[SourcedJob] = []
+    for file in files:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            problems.append(Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}"))
+            continue
+        file_jobs, file_problems = parse_file(file, data)
+        jobs.extend(file_jobs)
+        problems.extend(file_problems)
+    problems.extend(_duplicate_ids(jobs))
+    return Loaded(jobs=jobs, problems=problems, files=files)
+
+
+def _duplicate_ids(jobs: list[SourcedJob]) -> list[Problem]:
+    first: dict[str, SourcedJob] = {}
+    problems = []
+    for sourced in jobs:
+        earlier = first.setdefault(sourced.job.id, sourced)
+        if earlier is not sourced:
+            problems.append(
+                Problem(
+                    sourced.file,
+                    sourced.line,
+                    1,
+                    sourced.job.id,
+                    "id",
+                    f"duplicate id, first defined at {earlier.file}:{earlier.line}",
+                )
+            )
+    return problems
+
+
+def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]:
+    """All jobs of one file, or the problems; a broken file yields no jobs at all."""
+    try:
+        document, positions = read_yaml(data)
+    except YamlProblem as exc:
+        return [], [Problem(file, exc.line, exc.column, None, None, exc.message)]
+    if document is None:
+        msg = "file holds no jobs (empty or only comments); delete the file to remove its jobs"
+        return [], [Problem(file, 1, 1, None, None, msg)]
+    if not isinstance(document, dict):
+        return [], [Problem(file, 1, 1, None, None, "expected a mapping with a jobs: list")]
+    locate = _Locator(file, positions)
+    problems: list[Problem] = []
+    for key in document:
+        if key not in ("jobs", "defaults"):
+            problems.append(locate((key,), None, key, _unknown(key, ("jobs", "defaults"))))
+    jobs_value = document.get("jobs")
+    if not isinstance(jobs_value, list):
+        what = "missing" if jobs_value is None else f"a {type(jobs_value).__name__}"
+        problems.append(locate(("jobs",), None, "jobs", f"jobs must be a list, found {what}"))
+        return [], problems
+    defaults = _defaults(document.get("defaults"), locate, problems)
+    jobs: list[SourcedJob] = []
+    for index, item in enumerate(jobs_value):
+        job = _job(index, item, defaults, locate, problems)
+        if job is not None:
+            path: YamlPath = ("jobs", index)
+            fields = {str(k[2]): v for k, v in positions.items() if len(k) == 3 and k[:2] == path}
+            jobs.append(SourcedJob(job, file, locate.line(path), fields))
+    if problems:
+        return [], problems
+    return jobs, problems
+
+
+def _defaults(
+    raw: object, locate: _Locator, problems: list[Problem]
+) -> models.JobFields | None:
+    if raw is None:
+        return None
+    try:
+        return models.JobFields.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_from_pydantic(exc, ("defaults",), None, locate, models.JobFields))
+        return None
+
+
+def _job(
+    index: int,
+    item: object,
+    defaults: models.JobFields | None,
+    locate: _Locator,
+    problems: list[Problem],
+) -> models.Job | None:
+    base: YamlPath = ("jobs", index)
+    job_id = item.get("id") if isinstance(item, dict) else None
+    job_name = job_id if isinstance(job_id, str) else f"#{index + 1}"
+    if not isinstance(item, dict):
+        problems.append(locate(base, job_name, None, "each job must be a mapping"))
+        return None
+    try:
+        entry = models.JobEntry.model_validate(item)
+    except ValidationError as exc:
+        problems.extend(_from_pydantic(exc, base, job_name, locate, models.JobEntry))
+        return None
+    try:
+        return models.resolve(entry, defaults)
+    except (ValueError, ValidationError) as exc:
+        problems.append(locate(base, job_name, None, _message(exc)))
+        return None
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(_clean(e["msg"]) for e in exc.errors())
+    return str(exc)
+
+
+def _clean(msg: str) -> str:
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+_NESTED: dict[str, type[BaseModel]] = {"trigger": models.Trigger, "retries": models.Retries}
+
+
+def _unknown(key: object, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown key {key!r}{hint}"
+
+
+def _from_pydantic(
+    exc: ValidationError,
+    base: YamlPath,
+    job: str | None,
+    locate: _Locator,
+    model: type[BaseModel],
+) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        field = ".".join(str(p) for p in loc) or None
+        if error["type"] == "extra_forbidden":
+            owner = _NESTED.get(str(loc[0]), model) if len(loc) > 1 else model
+            message = _unknown(loc[-1], (f for f in owner.model_fields if f != "id" or owner is model))
+        elif error["type"] == "missing":
+            message = "required"
+        else:
+            message = _clean(error["msg"])
+            if error["type"] in ("int_type", "bool_type", "string_type", "float_type", "list_type", "dict_type", "model_type"):
+                message += f", got {_describe(error.get('input'))}"
+        problems.append(locate((*base, *loc), job, field, message))
+    return problems
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Locator:
+    """Finds the closest recorded position for a path into the document."""
+
+    def __init__(self, file: str, positions: Positions) -> None:
+        self.file = file
+        self.positions = positions
+
+    def position(self, path: YamlPath) -> tuple[int, int]:
+        for cut in range(len(path), -1, -1):
+            found = self.positions.get(path[:cut])
+            if found is not None:
+                return found
+        return (1, 1)
+
+    def line(self, path: YamlPath) -> int:
+        return self.position(path)[0]
+
+    def __call__(
+        self, path: YamlPath, job: str | None, field: str | None, message: str
+    ) -> Problem:
+        line, column = self.position(path)
+        return Problem(self.file, line, column, job, field, message)

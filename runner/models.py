@@ -1,0 +1,211 @@
+"""The job-file format as frozen pydantic models: the single definition of what is valid."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from runner import cron
+from runner.durations import parse_duration
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration),
+    Field(json_schema_extra={"type": ["integer", "string"], "pattern": None}),
+]
+"""Whole seconds; written as an integer or `90s`, `15m`, `1h30m`, `2d`."""
+
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
+Timestamp = Annotated[datetime, Field(strict=False)]
+
+
+def _check_timezone(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin")
+    return name
+
+
+TimeZoneName = Annotated[str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Retries(_Model):
+    """Attempts include the first; the wait before attempt n+1 is delay * backoff**(n-1)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
+    delay: Duration = 10
+    backoff: Annotated[float, Field(ge=1, le=100, strict=False)] = 2.0
+    max_delay: Duration = 3600
+
+    def wait_before(self, attempt: int) -> float:
+        """Seconds to wait before `attempt` (2 = the first retry)."""
+        return float(min(self.delay * self.backoff ** (attempt - 2), self.max_delay))
+
+
+class Trigger(_Model):
+    """Exactly one of cron, interval or at; the rest refine it."""
+
+    cron: str | dict[str, str | int] | None = None
+    interval: Duration | None = None
+    at: Timestamp | None = None
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+    jitter: Duration | None = None
+    timezone: TimeZoneName | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_is_valid(cls, value: str | dict[str, str | int] | None) -> str | None:
+        if value is None:
+            return None
+        expression = cron.mapping_to_expression(value) if isinstance(value, dict) else value
+        cron.parse(expression)
+        return expression
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        kinds = [k for k in ("cron", "interval", "at") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            raise ValueError(f"give exactly one of cron, interval or at (found {found})")
+        if self.at is not None and (self.start or self.end):
+            raise ValueError("start and end apply to cron and interval, not to at")
+        if self.start and self.end and _aware(self.end) <= _aware(self.start):
+            raise ValueError(f"end {self.end.isoformat()} is not after start {self.start.isoformat()}")
+        return self
+
+    @property
+    def kind(self) -> Literal["cron", "interval", "at"]:
+        if self.cron is not None:
+            return "cron"
+        return "interval" if self.interval is not None else "at"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("UTC"))
+
+
+class JobFields(_Model):
+    """Fields a job may set, and a file's `defaults` may supply."""
+
+    target: str | None = None
+    args: list[JsonValue] | None = None
+    kwargs: dict[str, JsonValue] | None = None
+    trigger: Trigger | None = None
+    timezone: TimeZoneName | None = None
+    misfire_grace_time: Duration | None = None
+    coalesce: bool | None = None
+    max_instances: Annotated[int, Field(ge=1, le=1000)] | None = None
+    retries: Retries | None = None
+    timeout: Duration | None = None
+    paused: bool | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _json_only(cls, value: Any) -> Any:
+        _reject_non_json(value)
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _TARGET.fullmatch(value):
+            raise ValueError(f"{value!r} is not module:attribute (or module.attribute)")
+        return value
+
+
+def _reject_non_json(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a JSON value")
+    if isinstance(value, dict):
+        for item in value.values():
+            _reject_non_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_non_json(item)
+
+
+_TARGET = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
+
+
+class JobEntry(JobFields):
+    """One item of `jobs:` as written."""
+
+    id: JobId
+
+
+class JobFile(_Model):
+    """The whole document of a job file."""
+
+    defaults: JobFields | None = None
+    jobs: list[dict[str, Any]]
+
+
+class Job(_Model):
+    """A job with its file's defaults and the documented defaults applied: what gets stored."""
+
+    id: JobId
+    target: str
+    trigger: Trigger
+    args: list[JsonValue] = []
+    kwargs: dict[str, JsonValue] = {}
+    timezone: str = "UTC"
+    misfire_grace_time: int = 600
+    coalesce: bool = True
+    max_instances: int = 1
+    retries: Retries = Retries()
+    timeout: int | None = None
+    paused: bool = False
+    description: str | None = None
+    labels: dict[str, str] = {}
+
+    @property
+    def zone(self) -> str:
+        return self.trigger.timezone or self.timezone
+
+    def canonical(self) -> dict[str, Any]:
+        """A stable JSON form; equal specs give equal forms, so plans can compare them."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def resolve(entry: JobEntry, defaults: JobFields | None) -> Job:
+    """Apply the file's defaults field by field (shallow) and then the documented ones."""
+    values: dict[str, Any] = {}
+    for source in (defaults, entry):
+        if source is not None:
+            for name in source.model_fields_set:
+                value = getattr(source, name)
+                if value is not None:
+                    values[name] = value
+    for required in ("target", "trigger"):
+        if required not in values:
+            raise ValueError(f"{required} is required")
+    return Job(**values)
+
+
+JOB_FIELDS = tuple(JobEntry.model_fields)

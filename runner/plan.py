@@ -1,0 +1,152 @@
+"""Compare the job files with the store: what to create, update, delete, leave alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.jobfiles import SourcedJob
+
+_NESTED = ("trigger", "retries")
+TRIGGER_FIELDS = frozenset({"trigger", "timezone"})
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    sourced: SourcedJob
+    spec: dict[str, Any]
+    hash: str
+
+    @classmethod
+    def of(cls, sourced: SourcedJob) -> Desired:
+        spec = sourced.job.canonical()
+        return cls(sourced, spec, spec_hash(spec))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: str
+    hash: str
+    file: str
+    line: int
+    paused_override: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    id: str
+    changes: dict[str, tuple[Any, Any]]
+
+    @property
+    def retrigger(self) -> bool:
+        return any(name.split(".")[0] in TRIGGER_FIELDS for name in self.changes)
+
+
+@dataclass(slots=True)
+class Plan:
+    create: list[str] = field(default_factory=list)
+    update: list[Update] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    """Jobs whose spec is unchanged but whose file or line moved: metadata only."""
+    overridden: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.create or self.update or self.delete)
+
+    def summary(self) -> str:
+        return (
+            f"Plan: {len(self.create)} to create, {len(self.update)} to update, "
+            f"{len(self.delete)} to delete, {len(self.unchanged)} unchanged."
+        )
+
+    def text_lines(self) -> list[str]:
+        lines = [f"+ create {job_id}" for job_id in self.create]
+        for upd in self.update:
+            parts = ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, (o, n) in upd.changes.items())
+            lines.append(f"~ update {upd.id} ({parts})")
+        lines.extend(f"- delete {job_id}" for job_id in self.delete)
+        for job_id, paused in sorted(self.overridden.items()):
+            state = "paused" if paused else "resumed"
+            lines.append(f"! override {job_id}: {state} by an operator (runner resume/pause to change)")
+        lines.append(self.summary())
+        return lines
+
+    def as_json(self, applied: bool) -> dict[str, Any]:
+        return {
+            "create": self.create,
+            "update": [{"id": u.id, "changes": {k: list(v) for k, v in u.changes.items()}} for u in self.update],
+            "delete": self.delete,
+            "unchanged": self.unchanged,
+            "applied": applied,
+        }
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False) if (" " in value or not value) else value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def flatten(spec: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key in _NESTED and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                flat[f"{key}.{inner}"] = inner_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    before, after = flatten(old), flatten(new)
+    keys = sorted(set(before) | set(after))
+    return {k: (before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)}
+
+
+def compute(
+    desired: Iterable[Desired],
+    stored: Mapping[str, Stored],
+    prune: bool,
+    stored_specs: Callable[[list[str]], Mapping[str, dict[str, Any]]],
+) -> Plan:
+    """`stored_specs` fetches old specs only for the jobs that changed, to show what changed."""
+    plan = Plan()
+    changed: list[Desired] = []
+    seen: set[str] = set()
+    for want in desired:
+        job_id = want.sourced.job.id
+        seen.add(job_id)
+        have = stored.get(job_id)
+        if have is None:
+            plan.create.append(job_id)
+        elif have.hash != want.hash:
+            changed.append(want)
+        else:
+            plan.unchanged.append(job_id)
+            if (have.file, have.line) != (want.sourced.file, want.sourced.line):
+                plan.moved.append(job_id)
+        if have is not None and have.paused_override is not None:
+            plan.overridden[job_id] = have.paused_override
+    if changed:
+        old = stored_specs([w.sourced.job.id for w in changed])
+        plan.update = [Update(w.sourced.job.id, diff(old[w.sourced.job.id], w.spec)) for w in changed]
+    if prune:
+        plan.delete = sorted(job_id for job_id in stored if job_id not in seen)
+    plan.create.sort()
+    plan.update.sort(key=lambda u: u.id)
+    plan.unchanged.sort()
+    return plan

@@ -1,0 +1,87 @@
+"""Read the store for `runner jobs`, the API and the status page, and run a job by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from runner import history, jobstate
+from runner.errors import JobNotFound
+from runner.execute import Fire, Outcome, run_fire
+from runner.store import tables
+from runner.store.engine import READ_ONLY
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return history.as_utc(moment).isoformat() if moment is not None else None
+
+
+def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
+    """Owned jobs with their next run and last outcome; never unpickles or deletes anything."""
+    own, aps, runs = tables.runner_jobs, tables.apscheduler_jobs, tables.runner_runs
+    latest = (
+        select(runs.c.job_id, func.max(runs.c.run_id).label("run_id"))
+        .where(runs.c.status != "running")
+        .group_by(runs.c.job_id)
+        .subquery()
+    )
+    statement = (
+        select(own.c.id, own.c.spec, own.c.paused_override, aps.c.next_run_time, runs.c.status, runs.c.finished_at)
+        .select_from(own.outerjoin(aps, aps.c.id == own.c.id).outerjoin(latest, latest.c.job_id == own.c.id).outerjoin(runs, runs.c.run_id == latest.c.run_id))
+        .order_by(own.c.id)
+    )
+    if job_id is not None:
+        statement = statement.where(own.c.id == job_id)
+    out = []
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        for row in conn.execute(statement):
+            spec = json.loads(row.spec)
+            paused = row.paused_override if row.paused_override is not None else spec.get("paused", False)
+            next_run = datetime.fromtimestamp(row.next_run_time, UTC) if row.next_run_time is not None else None
+            trigger = dict(spec["trigger"])
+            trigger.setdefault("timezone", spec.get("timezone", "UTC"))
+            out.append(
+                {
+                    "id": row.id,
+                    "target": spec["target"],
+                    "trigger": trigger,
+                    "next_run_time": _iso(next_run),
+                    "paused": bool(paused),
+                    "last_status": row.status,
+                    "last_run_at": _iso(row.finished_at),
+                }
+            )
+    return out
+
+
+def stored_spec(engine: Engine, job_id: str) -> dict[str, Any]:
+    own = tables.runner_jobs
+    with engine.connect() as conn:
+        spec = conn.execute(select(own.c.spec).where(own.c.id == job_id)).scalar()
+    if spec is None:
+        raise JobNotFound(f"no stored job {job_id!r}; run `runner jobs` to list them")
+    return json.loads(spec)  # type: ignore[no-any-return]
+
+
+def run_once(engine: Engine, job_id: str, node: str | None = None) -> Outcome:
+    """Run a stored job now, in this process, with its retries and timeout, recorded."""
+    spec = stored_spec(engine, job_id)
+    node = node or f"{socket.gethostname()}:{os.getpid()}:manual"
+    fire = Fire(job_id, spec, datetime.now(UTC))
+    with engine.begin() as conn:
+        history.claim(conn, [(job_id, fire.scheduled_at)], node)
+    writer = history.Writer(engine, node)
+    writer.start()
+    try:
+        return asyncio.run(run_fire(fire, writer))
+    finally:
+        writer.stop()
+
+
+__all__ = ["jobs", "jobstate", "run_once", "stored_spec"]

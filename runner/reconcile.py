@@ -1,0 +1,200 @@
+"""Apply a plan to the store in one transaction; `--dry-run` stops just before the writes."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from runner import jobstate, triggers
+from runner.errors import StoreError
+from runner.plan import Desired, Plan, Stored, compute
+from runner.store import schema, tables
+from runner.store.engine import READ_ONLY, describe_failure, is_postgres
+
+log = logging.getLogger("runner.reconcile")
+
+APPLY_LOCK = 0x52554E41  # "RUNA": one apply at a time per PostgreSQL database
+CHANGE_CHANNEL = "runner_changed"
+_CHUNK = 500
+
+
+def read_stored(conn: Connection) -> dict[str, Stored]:
+    t = tables.runner_jobs
+    rows = conn.execute(
+        select(t.c.id, t.c.spec_hash, t.c.spec_format, t.c.file, t.c.line, t.c.paused_override)
+    )
+    stored = {}
+    for row in rows:
+        if row.spec_format > tables.SPEC_FORMAT:
+            raise StoreError(
+                f"job {row.id} was stored by a newer runner (spec format {row.spec_format}); "
+                "upgrade runner"
+            )
+        stored[row.id] = Stored(row.id, row.spec_hash, row.file, row.line, row.paused_override)
+    return stored
+
+
+def _spec_reader(conn: Connection) -> Callable[[list[str]], dict[str, dict[str, Any]]]:
+    def read(ids: list[str]) -> dict[str, dict[str, Any]]:
+        t = tables.runner_jobs
+        specs: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(ids):
+            for job_id, spec in conn.execute(select(t.c.id, t.c.spec).where(t.c.id.in_(chunk))):
+                specs[job_id] = json.loads(spec)
+        return specs
+
+    return read
+
+
+def apply(
+    engine: Engine,
+    desired: Sequence[Desired],
+    *,
+    dry_run: bool = False,
+    prune: bool = True,
+    now: datetime | None = None,
+) -> tuple[Plan, bool]:
+    """Returns the plan and whether it was written."""
+    schema.ensure(engine)
+    try:
+        if dry_run:
+            with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+                return compute(desired, read_stored(conn), prune, _spec_reader(conn)), False
+        with engine.begin() as conn:
+            if is_postgres(engine):
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
+            plan = compute(desired, read_stored(conn), prune, _spec_reader(conn))
+            if plan.changed or plan.moved:
+                _write(conn, plan, desired, now or datetime.now(UTC))
+            if plan.changed:
+                bump_generation(conn)
+            return plan, plan.changed
+    except StoreError:
+        raise
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise StoreError(describe_failure(exc, str(engine.url))) from None
+
+
+def bump_generation(conn: Connection) -> None:
+    """Tell running schedulers the store changed: a counter to poll, and NOTIFY on PostgreSQL."""
+    meta = tables.runner_meta
+    conn.execute(
+        update(meta)
+        .where(meta.c.key == "generation")
+        .values(value=(meta.c.value.cast(tables.Integer) + 1).cast(tables.Text))
+    )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {CHANGE_CHANNEL}")
+
+
+def read_generation(conn: Connection) -> int:
+    meta = tables.runner_meta
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "generation")).scalar()
+    return int(value or 0)
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def _write(conn: Connection, plan: Plan, desired: list[Desired], now: datetime) -> None:
+    by_id = {d.sourced.job.id: d for d in desired}
+    applied_by = f"{getpass.getuser()}@{socket.gethostname()}"
+    _refuse_foreign(conn, plan.create)
+
+    def runner_row(want: Desired) -> dict[str, Any]:
+        return {
+            "id": want.sourced.job.id,
+            "spec": json.dumps(want.spec, sort_keys=True, separators=(",", ":")),
+            "spec_hash": want.hash,
+            "spec_format": tables.SPEC_FORMAT,
+            "file": want.sourced.file,
+            "line": want.sourced.line,
+            "applied_at": now,
+            "applied_by": applied_by,
+        }
+
+    aps, own = tables.apscheduler_jobs, tables.runner_jobs
+    if plan.create:
+        conn.execute(own.insert(), [runner_row(by_id[i]) for i in plan.create])
+        conn.execute(aps.insert(), [_fresh_row(by_id[i], now, None) for i in plan.create])
+    if plan.update:
+        _update(conn, plan, by_id, now, runner_row)
+    if plan.moved:
+        conn.execute(
+            update(own).where(own.c.id == bindparam("b_id")).values(file=bindparam("b_file"), line=bindparam("b_line")),
+            [{"b_id": i, "b_file": by_id[i].sourced.file, "b_line": by_id[i].sourced.line} for i in plan.moved],
+        )
+    for chunk in _chunks(plan.delete):
+        conn.execute(delete(aps).where(aps.c.id.in_(chunk)))
+        conn.execute(delete(own).where(own.c.id.in_(chunk)))
+
+
+def _refuse_foreign(conn: Connection, ids: Sequence[str]) -> None:
+    aps = tables.apscheduler_jobs
+    for chunk in _chunks(ids):
+        taken = conn.execute(select(aps.c.id).where(aps.c.id.in_(chunk))).scalars().first()
+        if taken is not None:
+            raise StoreError(
+                f"job {taken}: apscheduler_jobs already holds a job with this id that runner did "
+                "not create; rename one of them"
+            )
+
+
+def _effective_paused(want: Desired, override: bool | None) -> bool:
+    return override if override is not None else want.sourced.job.paused
+
+
+def _fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str, Any]:
+    job = want.sourced.job
+    trigger = triggers.build(job, now=now.astimezone(ZoneInfo(job.zone)))
+    next_run = None if _effective_paused(want, override) else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
+    state = jobstate.build_state(job, want.spec, trigger, next_run)
+    return {"id": job.id, "next_run_time": jobstate.timestamp(next_run), "job_state": jobstate.dumps(state)}
+
+
+def _update(conn: Connection, plan: Plan, by_id: dict[str, Desired], now: datetime, runner_row: Any) -> None:
+    aps, own = tables.apscheduler_jobs, tables.runner_jobs
+    ids = [u.id for u in plan.update]
+    current: dict[str, Any] = {}
+    overrides: dict[str, bool | None] = {}
+    for chunk in _chunks(ids):
+        current.update(conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all())
+        overrides.update(conn.execute(select(own.c.id, own.c.paused_override).where(own.c.id.in_(chunk))).all())
+    rows = []
+    for upd in plan.update:
+        want = by_id[upd.id]
+        override = overrides.get(upd.id)
+        blob = current.get(upd.id)
+        paused_changed = "paused" in upd.changes
+        if blob is None or upd.retrigger or (paused_changed and override is None):
+            rows.append(_fresh_row(want, now, override))
+            continue
+        state = jobstate.refresh_state(jobstate.loads(blob), want.sourced.job, want.spec)
+        rows.append({"id": upd.id, "next_run_time": jobstate.timestamp(state["next_run_time"]), "job_state": jobstate.dumps(state)})
+    missing = [r for r in rows if r["id"] not in current]
+    present = [r for r in rows if r["id"] in current]
+    if missing:
+        conn.execute(aps.insert(), missing)
+    if present:
+        conn.execute(
+            update(aps).where(aps.c.id == bindparam("b_id")).values(next_run_time=bindparam("b_next"), job_state=bindparam("b_state")),
+            [{"b_id": r["id"], "b_next": r["next_run_time"], "b_state": r["job_state"]} for r in present],
+        )
+    columns = ("spec", "spec_hash", "spec_format", "file", "line", "applied_at", "applied_by")
+    conn.execute(
+        update(own)
+        .where(own.c.id == bindparam("b_id"))
+        .values({name: bindparam(f"b_{name}") for name in columns}),
+        [{f"b_{k}": v for k, v in runner_row(by_id[i]).items()} for i in ids],
+    )

@@ -1,0 +1,24 @@
+"""JSON Schema of a job file, generated from the models so editors and the runner agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from runner import models
+
+SCHEMA_ID = "https://runner.invalid/job-file.schema.json"
+
+
+class _JobFileSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="runner job file")
+    defaults: models.JobFields | None = None
+    jobs: list[models.JobEntry]
+
+
+def job_file_schema() -> dict[str, Any]:
+    schema = _JobFileSchema.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    return schema

@@ -1,0 +1,94 @@
+"""Engines for the two supported databases, with errors users can act on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from runner.errors import StoreError
+
+ENV_DATABASE = "RUNNER_DATABASE_URL"
+DEFAULT_URL = "sqlite:///runner.db"
+READ_ONLY = "runner_read_only"
+"""Execution option for transactions that only read (SQLite then takes no write lock)."""
+
+
+def database_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get(ENV_DATABASE) or DEFAULT_URL
+
+
+def masked(url: str) -> str:
+    """The URL with any password hidden, safe for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def connect(url: str, **options: Any) -> Engine:
+    """An engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"invalid database URL {masked(url)!r}") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the runner ships psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            engine = create_engine(parsed, **options)
+            _sqlite_transactions(engine)
+        elif backend == "postgresql":
+            engine = create_engine(
+                parsed, pool_pre_ping=True, executemany_mode="values_plus_batch", **options
+            )
+        else:
+            raise StoreError(f"unsupported database {backend!r}; use postgresql:// or sqlite:///")
+    except NoSuchModuleError:
+        raise StoreError(f"no driver for {masked(url)!r}") from None
+    return engine
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    # pysqlite defers BEGIN until the first write, which lets two writers interleave their
+    # reads; BEGIN IMMEDIATE takes the write lock up front so applies serialise.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def describe_failure(exc: BaseException, url: str) -> str:
+    """One line that says what went wrong with the database and never shows a password."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    lowered = first.lower()
+    where = masked(url)
+    if "password authentication failed" in lowered or "authentication failed" in lowered:
+        return f"database {where}: authentication failed (check the user and password)"
+    if "does not exist" in lowered and "database" in lowered:
+        return f"database {where}: {first}"
+    if "connection refused" in lowered or "could not connect" in lowered or "timeout" in lowered:
+        return f"database {where} is unreachable: {first}"
+    if "unable to open database file" in lowered:
+        return f"database {where}: cannot open the file (does its folder exist and is it writable?)"
+    return f"database {where}: {first}"

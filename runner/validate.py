@@ -1,0 +1,79 @@
+"""`runner validate`: every problem in the job files, and optionally their next fire times."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from runner import jobfiles, targets, triggers
+from runner.errors import Problem
+from runner.jobfiles import Loaded, SourcedJob
+
+
+@dataclass(slots=True)
+class Report:
+    loaded: Loaded
+    problems: list[Problem]
+    next_times: dict[str, list[datetime]]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        jobs = self.loaded.jobs if self.valid else []
+        return {
+            "valid": self.valid,
+            "jobs": [
+                {
+                    "id": s.job.id,
+                    "file": s.file,
+                    "line": s.line,
+                    "target": s.job.target,
+                    "trigger": triggers.describe(s.job),
+                    "next": [t.isoformat() for t in self.next_times.get(s.job.id, [])],
+                }
+                for s in jobs
+            ],
+            "errors": [p.as_json() for p in self.problems],
+        }
+
+
+def check_targets(jobs: Sequence[SourcedJob], import_targets: bool) -> list[Problem]:
+    """Targets must be allowed, and (when importing) callable with the given arguments."""
+    prefixes = targets.allowed_prefixes()
+    problems = []
+    for sourced in jobs:
+        job = sourced.job
+        try:
+            if import_targets:
+                func = targets.resolve(job.target, prefixes)
+                targets.check_call(func, job.args, job.kwargs)
+            else:
+                targets.check_allowed_name(job.target, prefixes)
+        except targets.TargetError as exc:
+            line, column = sourced.position("target")
+            problems.append(Problem(sourced.file, line, column, job.id, "target", str(exc)))
+    return problems
+
+
+def load_valid(paths: Sequence[str], import_targets: bool = True) -> tuple[Loaded, list[Problem]]:
+    """Load and check everything that can be checked without a database."""
+    loaded = jobfiles.load(paths)
+    problems = list(loaded.problems)
+    problems.extend(check_targets(loaded.jobs, import_targets))
+    return loaded, problems
+
+
+def run(
+    paths: Sequence[str], import_targets: bool, next_count: int, start: datetime
+) -> Report:
+    loaded, problems = load_valid(paths, import_targets)
+    next_times: dict[str, list[datetime]] = {}
+    if next_count and not problems:
+        for sourced in loaded.jobs:
+            trigger = triggers.build(sourced.job, now=start)
+            next_times[sourced.job.id] = triggers.next_fire_times(trigger, next_count, start)
+    return Report(loaded, problems, next_times)

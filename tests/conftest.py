@@ -1,0 +1,68 @@
+"""Shared fixtures: a database URL per test, on SQLite and on PostgreSQL.
+
+PostgreSQL tests need the server named by ``RUNNER_TEST_PG`` (``scripts/test`` provides one).
+When it is unreachable they fail rather than skip: a test that should run but skips hides
+breakage.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pgserver
+
+# Each test's database is cloned from template0: in measurements a per-session template was no
+# faster than template0/template1 (an empty database copies in the same time), and template0
+# cannot have connections open, which would make CREATE DATABASE fail.
+TEMPLATE = "template0"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of the test PostgreSQL server, after checking it answers."""
+    url = pgserver.admin_url()
+    try:
+        pgserver.check_server()
+        error = None
+    except Exception as exc:  # any failure to connect means the same thing here
+        error = str(exc).strip()
+    if error is not None:
+        pytest.fail(
+            f"PostgreSQL is not reachable at RUNNER_TEST_PG={url!r}: {error}\n"
+            "Run the tests with scripts/test, which finds or starts a server, or point "
+            "RUNNER_TEST_PG at an admin connection URL (postgresql://user@host:port/db).",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards.
+
+    A SQLAlchemy URL (`postgresql+psycopg2://...`); `pgserver.libpq_url` gives the libpq form.
+    """
+    url = pgserver.create_database(template=TEMPLATE)
+    try:
+        yield url
+    finally:
+        pgserver.drop_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file for this test."""
+    return f"sqlite:///{tmp_path}/runner.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The test runs once per supported backend, with a fresh database on each."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
