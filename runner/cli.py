@@ -275,3 +275,36 @@ def run_now(job_id: str, db_url: str, output: str) -> None:
     else:
         click.echo(f"{job_id}: {outcome.status}" + (f": {outcome.error}" if outcome.error else ""))
     sys.exit(0 if outcome.status == "succeeded" else 1)
+
+
+def _set_paused(job_id: str, db_url: str, output: str, paused: bool) -> None:
+    from runner.overrides import set_paused
+
+    engine = _engine(db_url)
+    try:
+        changed = set_paused(engine, job_id, paused)
+    finally:
+        engine.dispose()
+    word = "paused" if paused else "resumed"
+    if output == "json":
+        emit_json({"id": job_id, "paused": paused, "changed": changed})
+    else:
+        click.echo(f"{job_id} {word}" if changed else f"{job_id} was already {word}")
+
+
+@main.command()
+@click.argument("job_id")
+@db_option
+@output_option
+def pause(job_id: str, db_url: str, output: str) -> None:
+    """Stop scheduling a job until `runner resume` (kept across applies)."""
+    _set_paused(job_id, db_url, output, True)
+
+
+@main.command()
+@click.argument("job_id")
+@db_option
+@output_option
+def resume(job_id: str, db_url: str, output: str) -> None:
+    """Lift an operator's pause; the job is scheduled again from now."""
+    _set_paused(job_id, db_url, output, False)

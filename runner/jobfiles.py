@@ -54,7 +54,8 @@ def default_paths(environ: os._Environ[str] | dict[str, str] = os.environ) -> li
     return [DEFAULT_FOLDER]
 
 
-def _ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
+    """Hidden files and editor leftovers (`.#x`, `x~`, `.x.swp`)."""
     return name.startswith(".") or name.endswith("~") or name.startswith("#")
 
 
@@ -68,7 +69,7 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             names = sorted(
                 entry.name
                 for entry in os.scandir(path)
-                if entry.name.endswith(SUFFIXES) and not _ignored(entry.name) and entry.is_file()
+                if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and entry.is_file()
             )
             files.extend(str(path / name) for name in names)
         elif path.is_file():

@@ -38,6 +38,10 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
     # --- loading -------------------------------------------------------------------------
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)
+        with self._lock:
+            for job in self._jobs.values():
+                job._scheduler = scheduler
+                job._jobstore_alias = alias
         self.reload()
 
     def reload(self) -> set[str]:
@@ -139,7 +143,7 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
     def flush(self) -> int:
         """Persist next run times advanced since the last flush, unless an apply replaced the job."""
         with self._lock:
-            dirty = [(i, self._jobs[i], self._keys[i][0]) for i in self._dirty if i in self._jobs]
+            dirty = [(i, self._jobs[i], self._keys[i]) for i in self._dirty if i in self._jobs]
             self._dirty.clear()
         if not dirty:
             return 0
@@ -147,13 +151,20 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
         rows = [
             {
                 "b_id": job_id,
-                "b_hash": spec_hash,
+                "b_hash": key[0],
+                "b_override": key[1],
                 "b_next": jobstate.timestamp(job.next_run_time),
                 "b_state": jobstate.dumps(job.__getstate__()),
             }
-            for job_id, job, spec_hash in dirty
+            for job_id, job, key in dirty
         ]
-        same_spec = exists().where(and_(own.c.id == bindparam("b_id"), own.c.spec_hash == bindparam("b_hash")))
+        same_spec = exists().where(
+            and_(
+                own.c.id == bindparam("b_id"),
+                own.c.spec_hash == bindparam("b_hash"),
+                own.c.paused_override.is_not_distinct_from(bindparam("b_override")),
+            )
+        )
         try:
             with self.engine.begin() as conn:
                 conn.execute(

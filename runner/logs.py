@@ -37,3 +37,4 @@ def setup(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # APScheduler's own per-job chatter duplicates ours.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

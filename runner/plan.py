@@ -10,7 +10,7 @@ from typing import Any
 
 from runner.jobfiles import SourcedJob
 
-_NESTED = ("trigger", "retries")
+_NESTED = ("trigger", "retries", "kwargs", "labels")
 TRIGGER_FIELDS = frozenset({"trigger", "timezone"})
 
 

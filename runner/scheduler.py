@@ -88,7 +88,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
                 runnable = [keep]
             to_claim.extend((job, t) for t in runnable)
             job_next = job.trigger.get_next_fire_time(run_times[-1], now)
-            job._modify(next_run_time=job_next)
+            job.next_run_time = job_next
             self.store.update_job(job)
         if to_claim or marks:
             with self.engine.begin() as conn:
@@ -129,7 +129,8 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         changed = self.store.reload()
         if changed:
             log.info("store changed: %d job(s) reloaded", len(changed))
-        self.wakeup()
+        if self.running:
+            self.wakeup()
 
 
 def horizon(now: datetime, seconds: float) -> datetime:

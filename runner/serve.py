@@ -17,7 +17,7 @@ from typing import Any
 import watchfiles
 from sqlalchemy import Engine
 
-from runner import history, reconcile
+from runner import history, jobfiles, reconcile
 from runner.errors import StoreError
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
@@ -209,7 +209,14 @@ class Server:
         roots = [p for p in self.options.paths if os.path.exists(p)] or ["."]
         watch_roots = sorted({p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in roots})
         for changes in watchfiles.watch(
-            *watch_roots, stop_event=self.stopping, debounce=50, step=20, rust_timeout=1000, yield_on_timeout=True, recursive=False
+            *watch_roots,
+            watch_filter=self._is_job_file,
+            stop_event=self.stopping,
+            debounce=50,
+            step=20,
+            rust_timeout=1000,
+            yield_on_timeout=True,
+            recursive=False,
         ):
             if self.files.removal_pending:
                 self.reconcile(set())
@@ -217,6 +224,10 @@ class Server:
                 continue
             changed = {path for _, path in changes}
             self.reconcile(changed)
+
+    def _is_job_file(self, _change: watchfiles.Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return name.endswith(jobfiles.SUFFIXES) and not jobfiles.is_ignored(name)
 
     # --- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:
