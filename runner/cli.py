@@ -31,7 +31,9 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("RUNNER_DEBUG"):
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set RUNNER_DEBUG=1 for a traceback)")
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set RUNNER_DEBUG=1 for a traceback)"
+            )
 
 
 def _fail(message: str) -> None:
@@ -72,13 +74,21 @@ def _parse_from(value: str | None) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint="--from") from None
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time", param_hint="--from"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--next", "next_count", type=click.IntRange(0, 1000), default=0, help="List each job's next N fire times.")
+@click.option(
+    "--next",
+    "next_count",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="List each job's next N fire times.",
+)
 @click.option("--from", "from_", metavar="ISO8601", help="Start of --next (default: now).")
 @click.option("--no-import", is_flag=True, help="Do not import targets (CI without the app code).")
 @output_option
@@ -98,10 +108,18 @@ def validate(
         if report.valid:
             for sourced in report.loaded.jobs:
                 trig = sourced.job.trigger
-                what = f"cron {trig.cron!r}" if trig.cron else (
-                    f"every {format_duration(trig.interval)}" if trig.interval else f"at {trig.at}"
+                what = (
+                    f"cron {trig.cron!r}"
+                    if trig.cron
+                    else (
+                        f"every {format_duration(trig.interval)}"
+                        if trig.interval
+                        else f"at {trig.at}"
+                    )
                 )
-                click.echo(f"{sourced.job.id}  {sourced.file}:{sourced.line}  {what} {sourced.job.zone}")
+                click.echo(
+                    f"{sourced.job.id}  {sourced.file}:{sourced.line}  {what} {sourced.job.zone}"
+                )
                 for moment in report.next_times.get(sourced.job.id, []):
                     click.echo(f"    {moment.isoformat()}")
             files = len(report.loaded.files)
@@ -149,7 +167,9 @@ def _report_problems(exc: Any) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @db_option
-@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing. Exit 2 when changes are pending.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show the plan; write nothing. Exit 2 when changes are pending."
+)
 @click.option("--no-prune", is_flag=True, help="Keep stored jobs that are no longer in the files.")
 @output_option
 def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, output: str) -> None:
@@ -182,14 +202,30 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
 @click.argument("paths", nargs=-1, type=click.Path())
 @db_option
 @click.option("--no-watch", is_flag=True, help="Do not follow changes to the job files.")
-@click.option("--http", "http", metavar="HOST:PORT", help="Serve health, metrics and the control API.")
-@click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds running jobs get to finish at shutdown.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--http", "http", metavar="HOST:PORT", help="Serve health, metrics and the control API."
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish at shutdown.",
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @output_option
 def serve(
-    paths: tuple[str, ...], db_url: str, no_watch: bool, http: str | None, grace: float,
-    log_format: str, log_level: str, output: str,
+    paths: tuple[str, ...],
+    db_url: str,
+    no_watch: bool,
+    http: str | None,
+    grace: float,
+    log_format: str,
+    log_level: str,
+    output: str,
 ) -> None:
     """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT."""
     from runner import logs
@@ -226,7 +262,9 @@ def jobs(db_url: str, output: str) -> None:
         return
     for row in rows:
         state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
-        last = f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
+        last = (
+            f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
+        )
         click.echo(f"{row['id']}  {row['target']}  next: {state}  last: {last}")
 
 
@@ -261,8 +299,7 @@ def runs(db_url: str, job_id: str | None, limit: int, output: str) -> None:
 @output_option
 def run_now(job_id: str, db_url: str, output: str) -> None:
     """Run one stored job once, now, in this process, recorded in the history."""
-    from runner import queries
-    from runner import logs
+    from runner import logs, queries
 
     logs.setup("text", "INFO")
     engine = _engine(db_url)

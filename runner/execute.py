@@ -57,7 +57,9 @@ class Recorder(Protocol):
 
     def started(self, fire: Fire, attempt: int, at: datetime) -> None: ...
 
-    def finished(self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome) -> None: ...
+    def finished(
+        self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
+    ) -> None: ...
 
 
 def _now() -> datetime:
@@ -120,14 +122,19 @@ async def run_fire(
         recorder.started(fire, number, started)
         log.info(
             "run start job=%s scheduled=%s attempt=%d/%d",
-            fire.job_id, fire.scheduled_at.isoformat(), number, retries.max_attempts,
+            fire.job_id,
+            fire.scheduled_at.isoformat(),
+            number,
+            retries.max_attempts,
             extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
         )
         try:
             outcome = await attempt(fire, threads, environ)
         except asyncio.CancelledError:
             duration = time.monotonic() - clock
-            recorder.finished(fire, number, _now(), duration, Outcome(Status.INTERRUPTED, "runner stopped"))
+            recorder.finished(
+                fire, number, _now(), duration, Outcome(Status.INTERRUPTED, "runner stopped")
+            )
             log.warning("run interrupted job=%s attempt=%d", fire.job_id, number)
             raise
         duration = time.monotonic() - clock
@@ -135,9 +142,19 @@ async def run_fire(
         log.log(
             logging.INFO if outcome.status == Status.SUCCEEDED else logging.WARNING,
             "run end job=%s scheduled=%s attempt=%d duration=%.3fs outcome=%s%s",
-            fire.job_id, fire.scheduled_at.isoformat(), number, duration, outcome.status,
+            fire.job_id,
+            fire.scheduled_at.isoformat(),
+            number,
+            duration,
+            outcome.status,
             f" error={outcome.error}" if outcome.error else "",
-            extra={"job_id": fire.job_id, "attempt": number, "event": "end", "outcome": outcome.status, "duration": duration},
+            extra={
+                "job_id": fire.job_id,
+                "attempt": number,
+                "event": "end",
+                "outcome": outcome.status,
+                "duration": duration,
+            },
         )
         if outcome.status == Status.SUCCEEDED:
             break
@@ -148,7 +165,9 @@ class _NullRecorder:
     def started(self, fire: Fire, attempt: int, at: datetime) -> None:
         return None
 
-    def finished(self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome) -> None:
+    def finished(
+        self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
+    ) -> None:
         return None
 
 

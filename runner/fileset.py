@@ -95,6 +95,13 @@ class FileSet:
             if first is not want:
                 s = want.sourced
                 problems.append(
-                    Problem(s.file, s.line, 1, s.job.id, "id", f"duplicate id, first defined at {first.sourced.file}:{first.sourced.line}")
+                    Problem(
+                        s.file,
+                        s.line,
+                        1,
+                        s.job.id,
+                        "id",
+                        f"duplicate id, first defined at {first.sourced.file}:{first.sourced.line}",
+                    )
                 )
         return (jobs, []) if not problems else ([], problems)

@@ -46,12 +46,20 @@ class Mark:
     reason: str
 
 
-def claim(conn: Connection, fires: Sequence[tuple[str, datetime]], node: str) -> set[tuple[str, datetime]]:
+def claim(
+    conn: Connection, fires: Sequence[tuple[str, datetime]], node: str
+) -> set[tuple[str, datetime]]:
     """Insert the first-attempt row of each fire; return the fires this node won."""
     if not fires:
         return set()
     rows = [
-        {"job_id": job_id, "scheduled_at": as_utc(at), "attempt": 1, "status": Status.RUNNING, "node": node}
+        {
+            "job_id": job_id,
+            "scheduled_at": as_utc(at),
+            "attempt": 1,
+            "status": Status.RUNNING,
+            "node": node,
+        }
         for job_id, at in fires
     ]
     won: set[tuple[str, datetime]] = set()
@@ -73,21 +81,30 @@ def mark(conn: Connection, marks: Sequence[Mark], node: str) -> None:
     now = datetime.now(UTC)
     rows = [
         {
-            "job_id": m.job_id, "scheduled_at": as_utc(m.scheduled_at), "attempt": 1, "status": m.status,
-            "error": m.reason, "node": node, "finished_at": now,
+            "job_id": m.job_id,
+            "scheduled_at": as_utc(m.scheduled_at),
+            "attempt": 1,
+            "status": m.status,
+            "error": m.reason,
+            "node": node,
+            "finished_at": now,
         }
         for m in marks
     ]
     for start in range(0, len(rows), 500):
         conn.execute(
-            _insert(conn).values(rows[start : start + 500]).on_conflict_do_nothing(
-                index_elements=["job_id", "scheduled_at", "attempt"]
-            )
+            _insert(conn)
+            .values(rows[start : start + 500])
+            .on_conflict_do_nothing(index_elements=["job_id", "scheduled_at", "attempt"])
         )
 
 
 def _key(fire_job: str, scheduled: datetime, attempt: int) -> Any:
-    return and_(runs.c.job_id == fire_job, runs.c.scheduled_at == as_utc(scheduled), runs.c.attempt == attempt)
+    return and_(
+        runs.c.job_id == fire_job,
+        runs.c.scheduled_at == as_utc(scheduled),
+        runs.c.attempt == attempt,
+    )
 
 
 class Writer:
@@ -112,17 +129,34 @@ class Writer:
 
     def started(self, fire: Fire, attempt: int, at: datetime) -> None:
         self._idle.clear()
-        self._queue.put(("start", {"job_id": fire.job_id, "scheduled_at": as_utc(fire.scheduled_at), "attempt": attempt, "started_at": at}))
+        self._queue.put(
+            (
+                "start",
+                {
+                    "job_id": fire.job_id,
+                    "scheduled_at": as_utc(fire.scheduled_at),
+                    "attempt": attempt,
+                    "started_at": at,
+                },
+            )
+        )
 
-    def finished(self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome) -> None:
+    def finished(
+        self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
+    ) -> None:
         self._idle.clear()
         self._queue.put(
             (
                 "finish",
                 {
-                    "b_job": fire.job_id, "b_at": as_utc(fire.scheduled_at), "b_attempt": attempt,
-                    "finished_at": at, "duration": duration, "status": outcome.status,
-                    "error": outcome.error, "traceback": outcome.traceback,
+                    "b_job": fire.job_id,
+                    "b_at": as_utc(fire.scheduled_at),
+                    "b_attempt": attempt,
+                    "finished_at": at,
+                    "duration": duration,
+                    "status": outcome.status,
+                    "error": outcome.error,
+                    "traceback": outcome.traceback,
                 },
             )
         )
@@ -165,7 +199,11 @@ class Writer:
                 if self._queue.empty():
                     self._idle.set()
             except (DBAPIError, SQLAlchemyError) as exc:
-                log.warning("history write failed, will retry in %.1fs: %s", backoff, str(exc).splitlines()[0])
+                log.warning(
+                    "history write failed, will retry in %.1fs: %s",
+                    backoff,
+                    str(exc).splitlines()[0],
+                )
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 5.0)
@@ -180,7 +218,11 @@ class Writer:
                 conn.execute(
                     statement.on_conflict_do_update(
                         index_elements=["job_id", "scheduled_at", "attempt"],
-                        set_={"started_at": statement.excluded.started_at, "status": Status.RUNNING, "node": self.node},
+                        set_={
+                            "started_at": statement.excluded.started_at,
+                            "status": Status.RUNNING,
+                            "node": self.node,
+                        },
                     ),
                     [{**s, "status": Status.RUNNING, "node": self.node} for s in starts],
                 )
@@ -190,8 +232,11 @@ class Writer:
                     update(runs)
                     .where(_key_params())
                     .values(
-                        finished_at=bindparam("finished_at"), duration=bindparam("duration"),
-                        status=bindparam("status"), error=bindparam("error"), traceback=bindparam("traceback"),
+                        finished_at=bindparam("finished_at"),
+                        duration=bindparam("duration"),
+                        status=bindparam("status"),
+                        error=bindparam("error"),
+                        traceback=bindparam("traceback"),
                     ),
                     finishes,
                 )
@@ -215,19 +260,25 @@ def _key_params() -> Any:
     )
 
 
-def close_interrupted(conn: Connection, nodes: Sequence[str] | None = None, reason: str = "node stopped") -> int:
+def close_interrupted(
+    conn: Connection, nodes: Sequence[str] | None = None, reason: str = "node stopped"
+) -> int:
     """Close runs left `running` by nodes that are gone (all nodes when None)."""
     statement = update(runs).where(runs.c.status == Status.RUNNING)
     if nodes is not None:
         statement = statement.where(runs.c.node.in_(nodes))
-    result = conn.execute(statement.values(status=Status.INTERRUPTED, error=reason, finished_at=datetime.now(UTC)))
+    result = conn.execute(
+        statement.values(status=Status.INTERRUPTED, error=reason, finished_at=datetime.now(UTC))
+    )
     return int(result.rowcount or 0)
 
 
 def prune(engine: Engine, cutoff: datetime) -> int:
     with engine.begin() as conn:
         result = conn.execute(
-            delete(runs).where(runs.c.status != Status.RUNNING, runs.c.scheduled_at < as_utc(cutoff))
+            delete(runs).where(
+                runs.c.status != Status.RUNNING, runs.c.scheduled_at < as_utc(cutoff)
+            )
         )
     return int(result.rowcount or 0)
 

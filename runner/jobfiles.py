@@ -76,8 +76,13 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             files.append(str(path))
         else:
             problems.append(Problem(str(path), 1, 1, None, None, "no such file or directory"))
+    unique: list[str] = []
     seen: set[str] = set()
-    unique = [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]  # type: ignore[func-returns-value]
+    for file in files:
+        real = os.path.realpath(file)
+        if real not in seen:
+            seen.add(real)
+            unique.append(file)
     return unique, problems
 
 
@@ -150,9 +155,7 @@ def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]
     return jobs, problems
 
 
-def _defaults(
-    raw: object, locate: _Locator, problems: list[Problem]
-) -> models.JobFields | None:
+def _defaults(raw: object, locate: _Locator, problems: list[Problem]) -> models.JobFields | None:
     if raw is None:
         return None
     try:
@@ -220,12 +223,22 @@ def _from_pydantic(
         field = ".".join(str(p) for p in loc) or None
         if error["type"] == "extra_forbidden":
             owner = _NESTED.get(str(loc[0]), model) if len(loc) > 1 else model
-            message = _unknown(loc[-1], (f for f in owner.model_fields if f != "id" or owner is model))
+            message = _unknown(
+                loc[-1], (f for f in owner.model_fields if f != "id" or owner is model)
+            )
         elif error["type"] == "missing":
             message = "required"
         else:
             message = _clean(error["msg"])
-            if error["type"] in ("int_type", "bool_type", "string_type", "float_type", "list_type", "dict_type", "model_type"):
+            if error["type"] in (
+                "int_type",
+                "bool_type",
+                "string_type",
+                "float_type",
+                "list_type",
+                "dict_type",
+                "model_type",
+            ):
                 message += f", got {_describe(error.get('input'))}"
         problems.append(locate((*base, *loc), job, field, message))
     return problems
@@ -255,8 +268,6 @@ class _Locator:
     def line(self, path: YamlPath) -> int:
         return self.position(path)[0]
 
-    def __call__(
-        self, path: YamlPath, job: str | None, field: str | None, message: str
-    ) -> Problem:
+    def __call__(self, path: YamlPath, job: str | None, field: str | None, message: str) -> Problem:
         line, column = self.position(path)
         return Problem(self.file, line, column, job, field, message)

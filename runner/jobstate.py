@@ -18,7 +18,9 @@ ENTRY_POINT = "runner.execute:run_job"
 STATE_VERSION = 1
 
 
-def build_state(job: Job, spec: dict[str, Any], trigger: Any, next_run_time: datetime | None) -> dict[str, Any]:
+def build_state(
+    job: Job, spec: dict[str, Any], trigger: Any, next_run_time: datetime | None
+) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "id": job.id,

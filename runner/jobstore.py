@@ -58,7 +58,9 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             blobs: dict[str, bytes] = {}
             for start in range(0, len(changed), _CHUNK):
                 chunk = changed[start : start + _CHUNK]
-                blobs.update(conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all())
+                blobs.update(
+                    conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all()
+                )
         with self._lock:
             for job_id in gone:
                 self._jobs.pop(job_id, None)
@@ -81,7 +83,12 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             job = Job.__new__(Job)
             job.__setstate__(state)
         except Exception as exc:
-            log.error("job %s: cannot load its stored row (%s: %s); left in place, not scheduled", job_id, type(exc).__name__, exc)
+            log.error(
+                "job %s: cannot load its stored row (%s: %s); left in place, not scheduled",
+                job_id,
+                type(exc).__name__,
+                exc,
+            )
             return None
         job._scheduler = self._scheduler
         job._jobstore_alias = self._alias
@@ -99,7 +106,11 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
     def get_due_jobs(self, now: datetime) -> list[Job]:
         moment = now.timestamp()
         with self._lock:
-            due = [j for j in self._jobs.values() if j.next_run_time is not None and j.next_run_time.timestamp() <= moment]
+            due = [
+                j
+                for j in self._jobs.values()
+                if j.next_run_time is not None and j.next_run_time.timestamp() <= moment
+            ]
         due.sort(key=lambda j: j.next_run_time)
         return due
 
@@ -111,14 +122,22 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
     def get_all_jobs(self) -> list[Job]:
         with self._lock:
             jobs = list(self._jobs.values())
-        jobs.sort(key=lambda j: (j.next_run_time is None, j.next_run_time.timestamp() if j.next_run_time else 0, j.id))
+        jobs.sort(
+            key=lambda j: (
+                j.next_run_time is None,
+                j.next_run_time.timestamp() if j.next_run_time else 0,
+                j.id,
+            )
+        )
         return jobs
 
     def add_job(self, job: Job) -> None:
         with self._lock:
             if job.id in self._jobs:
                 raise ConflictingIdError(job.id)
-            raise NotImplementedError("jobs are added with `runner apply`, not through the scheduler")
+            raise NotImplementedError(
+                "jobs are added with `runner apply`, not through the scheduler"
+            )
 
     def update_job(self, job: Job) -> None:
         with self._lock:

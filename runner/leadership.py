@@ -67,8 +67,14 @@ class Leadership:
     def prepare(self) -> None:
         """Create the lease row; on SQLite refuse to run beside a live node."""
         with self.engine.begin() as conn:
-            insert = (postgresql if is_postgres(self.engine) else sqlite).insert(tables.runner_lease)
-            conn.execute(insert.values(name="scheduler", term=0).on_conflict_do_nothing(index_elements=["name"]))
+            insert = (postgresql if is_postgres(self.engine) else sqlite).insert(
+                tables.runner_lease
+            )
+            conn.execute(
+                insert.values(name="scheduler", term=0).on_conflict_do_nothing(
+                    index_elements=["name"]
+                )
+            )
             if not is_postgres(self.engine):
                 self._refuse_second_sqlite_node(conn)
         self.heartbeat()
@@ -92,9 +98,13 @@ class Leadership:
         now = datetime.now(UTC)
         dialect = postgresql if is_postgres(self.engine) else sqlite
         with self.engine.begin() as conn:
-            statement = dialect.insert(nodes).values(node=self.node, started_at=now, heartbeat_at=now)
+            statement = dialect.insert(nodes).values(
+                node=self.node, started_at=now, heartbeat_at=now
+            )
             conn.execute(
-                statement.on_conflict_do_update(index_elements=["node"], set_={"heartbeat_at": now, "stopped_at": None})
+                statement.on_conflict_do_update(
+                    index_elements=["node"], set_={"heartbeat_at": now, "stopped_at": None}
+                )
             )
 
     def renew(self) -> bool:
@@ -133,10 +143,16 @@ class Leadership:
                 if is_postgres(self.engine):
                     lease = tables.runner_lease
                     conn.execute(
-                        update(lease).where(lease.c.name == "scheduler", lease.c.holder == self.node).values(lease_until=datetime.now(UTC) - timedelta(seconds=1), holder=None)
+                        update(lease)
+                        .where(lease.c.name == "scheduler", lease.c.holder == self.node)
+                        .values(lease_until=datetime.now(UTC) - timedelta(seconds=1), holder=None)
                     )
                 nodes = tables.runner_nodes
-                conn.execute(update(nodes).where(nodes.c.node == self.node).values(stopped_at=datetime.now(UTC)))
+                conn.execute(
+                    update(nodes)
+                    .where(nodes.c.node == self.node)
+                    .values(stopped_at=datetime.now(UTC))
+                )
         except Exception as exc:
             log.warning("could not resign cleanly: %s", str(exc).splitlines()[0])
 

@@ -45,7 +45,18 @@ def _check_timezone(name: str | None) -> str | None:
     return name
 
 
-TimeZoneName = Annotated[str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)]
+TimeZoneName = Annotated[
+    str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)
+]
+
+
+def _cron_expression(value: object) -> object:
+    """Accept a crontab string or a mapping of fields; store the normalised string."""
+    if isinstance(value, dict):
+        value = cron.mapping_to_expression(value)
+    if isinstance(value, str):
+        cron.parse(value)
+    return value
 
 
 class _Model(BaseModel):
@@ -68,22 +79,13 @@ class Retries(_Model):
 class Trigger(_Model):
     """Exactly one of cron, interval or at; the rest refine it."""
 
-    cron: str | dict[str, str | int] | None = None
+    cron: Annotated[str | None, BeforeValidator(_cron_expression)] = None
     interval: Duration | None = None
     at: Timestamp | None = None
     start: Timestamp | None = None
     end: Timestamp | None = None
     jitter: Duration | None = None
     timezone: TimeZoneName | None = None
-
-    @field_validator("cron")
-    @classmethod
-    def _cron_is_valid(cls, value: str | dict[str, str | int] | None) -> str | None:
-        if value is None:
-            return None
-        expression = cron.mapping_to_expression(value) if isinstance(value, dict) else value
-        cron.parse(expression)
-        return expression
 
     @model_validator(mode="after")
     def _one_kind(self) -> Trigger:
@@ -94,7 +96,9 @@ class Trigger(_Model):
         if self.at is not None and (self.start or self.end):
             raise ValueError("start and end apply to cron and interval, not to at")
         if self.start and self.end and _aware(self.end) <= _aware(self.start):
-            raise ValueError(f"end {self.end.isoformat()} is not after start {self.start.isoformat()}")
+            raise ValueError(
+                f"end {self.end.isoformat()} is not after start {self.start.isoformat()}"
+            )
         return self
 
     @property

@@ -28,7 +28,9 @@ def set_paused(engine: Engine, job_id: str, paused: bool, now: datetime | None =
     with engine.begin() as conn:
         if is_postgres(engine):
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
-        row = conn.execute(select(own.c.spec, own.c.paused_override).where(own.c.id == job_id)).first()
+        row = conn.execute(
+            select(own.c.spec, own.c.paused_override).where(own.c.id == job_id)
+        ).first()
         if row is None:
             raise JobNotFound(f"no stored job {job_id!r}; run `runner jobs` to list them")
         spec = json.loads(row.spec)
@@ -44,11 +46,16 @@ def set_paused(engine: Engine, job_id: str, paused: bool, now: datetime | None =
                 state["next_run_time"] = None
             else:
                 zone = ZoneInfo(spec["trigger"].get("timezone") or spec.get("timezone", "UTC"))
-                state["next_run_time"] = state["trigger"].get_next_fire_time(None, now.astimezone(zone))
+                state["next_run_time"] = state["trigger"].get_next_fire_time(
+                    None, now.astimezone(zone)
+                )
             conn.execute(
                 update(aps)
                 .where(aps.c.id == job_id)
-                .values(next_run_time=jobstate.timestamp(state["next_run_time"]), job_state=jobstate.dumps(state))
+                .values(
+                    next_run_time=jobstate.timestamp(state["next_run_time"]),
+                    job_state=jobstate.dumps(state),
+                )
             )
         # The hash changes with the override so running schedulers reload the row.
         conn.execute(update(own).where(own.c.id == job_id).values(paused_override=override))

@@ -78,14 +78,19 @@ class Plan:
         lines.extend(f"- delete {job_id}" for job_id in self.delete)
         for job_id, paused in sorted(self.overridden.items()):
             state = "paused" if paused else "resumed"
-            lines.append(f"! override {job_id}: {state} by an operator (runner resume/pause to change)")
+            lines.append(
+                f"! override {job_id}: {state} by an operator (runner resume/pause to change)"
+            )
         lines.append(self.summary())
         return lines
 
     def as_json(self, applied: bool) -> dict[str, Any]:
         return {
             "create": self.create,
-            "update": [{"id": u.id, "changes": {k: list(v) for k, v in u.changes.items()}} for u in self.update],
+            "update": [
+                {"id": u.id, "changes": {k: list(v) for k, v in u.changes.items()}}
+                for u in self.update
+            ],
             "delete": self.delete,
             "unchanged": self.unchanged,
             "applied": applied,
@@ -143,7 +148,9 @@ def compute(
             plan.overridden[job_id] = have.paused_override
     if changed:
         old = stored_specs([w.sourced.job.id for w in changed])
-        plan.update = [Update(w.sourced.job.id, diff(old[w.sourced.job.id], w.spec)) for w in changed]
+        plan.update = [
+            Update(w.sourced.job.id, diff(old[w.sourced.job.id], w.spec)) for w in changed
+        ]
     if prune:
         plan.delete = sorted(job_id for job_id in stored if job_id not in seen)
     plan.create.sort()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +32,19 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
         .subquery()
     )
     statement = (
-        select(own.c.id, own.c.spec, own.c.paused_override, aps.c.next_run_time, runs.c.status, runs.c.finished_at)
-        .select_from(own.outerjoin(aps, aps.c.id == own.c.id).outerjoin(latest, latest.c.job_id == own.c.id).outerjoin(runs, runs.c.run_id == latest.c.run_id))
+        select(
+            own.c.id,
+            own.c.spec,
+            own.c.paused_override,
+            aps.c.next_run_time,
+            runs.c.status,
+            runs.c.finished_at,
+        )
+        .select_from(
+            own.outerjoin(aps, aps.c.id == own.c.id)
+            .outerjoin(latest, latest.c.job_id == own.c.id)
+            .outerjoin(runs, runs.c.run_id == latest.c.run_id)
+        )
         .order_by(own.c.id)
     )
     if job_id is not None:
@@ -42,8 +53,16 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         for row in conn.execute(statement):
             spec = json.loads(row.spec)
-            paused = row.paused_override if row.paused_override is not None else spec.get("paused", False)
-            next_run = datetime.fromtimestamp(row.next_run_time, UTC) if row.next_run_time is not None else None
+            paused = (
+                row.paused_override
+                if row.paused_override is not None
+                else spec.get("paused", False)
+            )
+            next_run = (
+                datetime.fromtimestamp(row.next_run_time, UTC)
+                if row.next_run_time is not None
+                else None
+            )
             trigger = dict(spec["trigger"])
             trigger.setdefault("timezone", spec.get("timezone", "UTC"))
             out.append(

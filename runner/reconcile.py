@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Integer, Text, bindparam, delete, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from runner import jobstate, triggers
@@ -90,7 +90,7 @@ def bump_generation(conn: Connection) -> None:
     conn.execute(
         update(meta)
         .where(meta.c.key == "generation")
-        .values(value=(meta.c.value.cast(tables.Integer) + 1).cast(tables.Text))
+        .values(value=(meta.c.value.cast(Integer) + 1).cast(Text))
     )
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"NOTIFY {CHANGE_CHANNEL}")
@@ -107,7 +107,7 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
         yield ids[start : start + _CHUNK]
 
 
-def _write(conn: Connection, plan: Plan, desired: list[Desired], now: datetime) -> None:
+def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
     by_id = {d.sourced.job.id: d for d in desired}
     applied_by = f"{getpass.getuser()}@{socket.gethostname()}"
     _refuse_foreign(conn, plan.create)
@@ -132,8 +132,13 @@ def _write(conn: Connection, plan: Plan, desired: list[Desired], now: datetime) 
         _update(conn, plan, by_id, now, runner_row)
     if plan.moved:
         conn.execute(
-            update(own).where(own.c.id == bindparam("b_id")).values(file=bindparam("b_file"), line=bindparam("b_line")),
-            [{"b_id": i, "b_file": by_id[i].sourced.file, "b_line": by_id[i].sourced.line} for i in plan.moved],
+            update(own)
+            .where(own.c.id == bindparam("b_id"))
+            .values(file=bindparam("b_file"), line=bindparam("b_line")),
+            [
+                {"b_id": i, "b_file": by_id[i].sourced.file, "b_line": by_id[i].sourced.line}
+                for i in plan.moved
+            ],
         )
     for chunk in _chunks(plan.delete):
         conn.execute(delete(aps).where(aps.c.id.in_(chunk)))
@@ -158,19 +163,33 @@ def _effective_paused(want: Desired, override: bool | None) -> bool:
 def _fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str, Any]:
     job = want.sourced.job
     trigger = triggers.build(job, now=now.astimezone(ZoneInfo(job.zone)))
-    next_run = None if _effective_paused(want, override) else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
+    next_run = (
+        None
+        if _effective_paused(want, override)
+        else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
+    )
     state = jobstate.build_state(job, want.spec, trigger, next_run)
-    return {"id": job.id, "next_run_time": jobstate.timestamp(next_run), "job_state": jobstate.dumps(state)}
+    return {
+        "id": job.id,
+        "next_run_time": jobstate.timestamp(next_run),
+        "job_state": jobstate.dumps(state),
+    }
 
 
-def _update(conn: Connection, plan: Plan, by_id: dict[str, Desired], now: datetime, runner_row: Any) -> None:
+def _update(
+    conn: Connection, plan: Plan, by_id: dict[str, Desired], now: datetime, runner_row: Any
+) -> None:
     aps, own = tables.apscheduler_jobs, tables.runner_jobs
     ids = [u.id for u in plan.update]
     current: dict[str, Any] = {}
     overrides: dict[str, bool | None] = {}
     for chunk in _chunks(ids):
-        current.update(conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all())
-        overrides.update(conn.execute(select(own.c.id, own.c.paused_override).where(own.c.id.in_(chunk))).all())
+        current.update(
+            conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all()
+        )
+        overrides.update(
+            conn.execute(select(own.c.id, own.c.paused_override).where(own.c.id.in_(chunk))).all()
+        )
     rows = []
     for upd in plan.update:
         want = by_id[upd.id]
@@ -181,15 +200,26 @@ def _update(conn: Connection, plan: Plan, by_id: dict[str, Desired], now: dateti
             rows.append(_fresh_row(want, now, override))
             continue
         state = jobstate.refresh_state(jobstate.loads(blob), want.sourced.job, want.spec)
-        rows.append({"id": upd.id, "next_run_time": jobstate.timestamp(state["next_run_time"]), "job_state": jobstate.dumps(state)})
+        rows.append(
+            {
+                "id": upd.id,
+                "next_run_time": jobstate.timestamp(state["next_run_time"]),
+                "job_state": jobstate.dumps(state),
+            }
+        )
     missing = [r for r in rows if r["id"] not in current]
     present = [r for r in rows if r["id"] in current]
     if missing:
         conn.execute(aps.insert(), missing)
     if present:
         conn.execute(
-            update(aps).where(aps.c.id == bindparam("b_id")).values(next_run_time=bindparam("b_next"), job_state=bindparam("b_state")),
-            [{"b_id": r["id"], "b_next": r["next_run_time"], "b_state": r["job_state"]} for r in present],
+            update(aps)
+            .where(aps.c.id == bindparam("b_id"))
+            .values(next_run_time=bindparam("b_next"), job_state=bindparam("b_state")),
+            [
+                {"b_id": r["id"], "b_next": r["next_run_time"], "b_state": r["job_state"]}
+                for r in present
+            ],
         )
     columns = ("spec", "spec_hash", "spec_format", "file", "line", "applied_at", "applied_by")
     conn.execute(

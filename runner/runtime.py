@@ -22,7 +22,9 @@ log = logging.getLogger("runner.runtime")
 class Runtime:
     def __init__(self, recorder: Recorder, max_threads: int = 32) -> None:
         self.recorder = recorder
-        self.threads = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="runner-job")
+        self.threads = concurrent.futures.ThreadPoolExecutor(
+            max_threads, thread_name_prefix="runner-job"
+        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="runner-loop", daemon=True)
         self._running: Counter[str] = Counter()

@@ -57,7 +57,11 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             return wait
         except Exception as exc:  # the loop must survive anything: retry soon
             self.last_pass_error = f"{type(exc).__name__}: {exc}"
-            log.warning("scheduling pass failed, retrying in %.0fs: %s", RETRY_WAIT, str(exc).splitlines()[0])
+            log.warning(
+                "scheduling pass failed, retrying in %.0fs: %s",
+                RETRY_WAIT,
+                str(exc).splitlines()[0],
+            )
             return RETRY_WAIT
 
     def _pass(self) -> float:
@@ -76,13 +80,25 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
                 late = (now - run_time).total_seconds()
                 grace = job.misfire_grace_time
                 if grace is not None and late > grace:
-                    marks.append(history.Mark(job.id, run_time, Status.MISSED, f"missed by {late:.0f}s (misfire grace {grace}s)"))
+                    marks.append(
+                        history.Mark(
+                            job.id,
+                            run_time,
+                            Status.MISSED,
+                            f"missed by {late:.0f}s (misfire grace {grace}s)",
+                        )
+                    )
                 else:
                     runnable.append(run_time)
             if job.coalesce and len(runnable) > 1:
                 keep = runnable[-1]
                 marks.extend(
-                    history.Mark(job.id, t, Status.MISSED, f"coalesced into the run scheduled at {keep.isoformat()}")
+                    history.Mark(
+                        job.id,
+                        t,
+                        Status.MISSED,
+                        f"coalesced into the run scheduled at {keep.isoformat()}",
+                    )
                     for t in runnable[:-1]
                 )
                 runnable = [keep]
@@ -97,7 +113,11 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             skipped = []
             for job, run_time in to_claim:
                 if (job.id, run_time.astimezone(UTC)) not in won:
-                    log.info("fire of %s at %s already claimed; not running it", job.id, run_time.isoformat())
+                    log.info(
+                        "fire of %s at %s already claimed; not running it",
+                        job.id,
+                        run_time.isoformat(),
+                    )
                     continue
                 spec = job.args[1]
                 fire = Fire(job.id, spec, run_time)
@@ -117,11 +137,23 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         runs = history.runs
         with self.engine.begin() as conn:
             for fire in fires:
-                log.warning("run of %s at %s skipped: previous run still going (max_instances)", fire.job_id, fire.scheduled_at.isoformat())
+                log.warning(
+                    "run of %s at %s skipped: previous run still going (max_instances)",
+                    fire.job_id,
+                    fire.scheduled_at.isoformat(),
+                )
                 conn.execute(
                     update(runs)
-                    .where(runs.c.job_id == fire.job_id, runs.c.scheduled_at == history.as_utc(fire.scheduled_at), runs.c.attempt == 1)
-                    .values(status=Status.SKIPPED, error="previous run still going (max_instances)", finished_at=datetime.now(UTC))
+                    .where(
+                        runs.c.job_id == fire.job_id,
+                        runs.c.scheduled_at == history.as_utc(fire.scheduled_at),
+                        runs.c.attempt == 1,
+                    )
+                    .values(
+                        status=Status.SKIPPED,
+                        error="previous run still going (max_instances)",
+                        finished_at=datetime.now(UTC),
+                    )
                 )
 
     def refresh(self) -> None:

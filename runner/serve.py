@@ -52,7 +52,9 @@ class Server:
         self.writer = history.Writer(self.engine, self.node)
         self.runtime = Runtime(self.writer)
         self.leadership = Leadership(self.engine, self.node)
-        self.scheduler = RunnerScheduler(self.engine, self.runtime, self.node, self.leadership.may_start)
+        self.scheduler = RunnerScheduler(
+            self.engine, self.runtime, self.node, self.leadership.may_start
+        )
         self.last_reconcile_error: str | None = None
         self.reconciles = 0
         self._reconcile_lock = threading.Lock()
@@ -95,7 +97,9 @@ class Server:
 
     def run(self) -> int:
         self._install_signals()
-        log.info("runner serve starting: node %s, database %s", self.node, masked(self.options.db_url))
+        log.info(
+            "runner serve starting: node %s, database %s", self.node, masked(self.options.db_url)
+        )
         self.wait_for_database()
         if self.stopping.is_set():
             return 0
@@ -110,7 +114,11 @@ class Server:
             self._spawn("runner-watch", self._watch_loop)
         if self.options.http:
             self._start_http(self.options.http)
-        log.info("serving %d job(s) from %s", len(self.scheduler.store.get_all_jobs()), ", ".join(self.options.paths))
+        log.info(
+            "serving %d job(s) from %s",
+            len(self.scheduler.store.get_all_jobs()),
+            ", ".join(self.options.paths),
+        )
         self.stopping.wait()
         return self._shutdown()
 
@@ -126,7 +134,11 @@ class Server:
                     target()
                     return
                 except Exception as exc:
-                    log.warning("%s failed, restarting in 1s: %s", name, str(exc).splitlines()[0] if str(exc) else repr(exc))
+                    log.warning(
+                        "%s failed, restarting in 1s: %s",
+                        name,
+                        str(exc).splitlines()[0] if str(exc) else repr(exc),
+                    )
                     self.stopping.wait(1.0)
 
         return run
@@ -156,7 +168,10 @@ class Server:
                 leading = self.leadership.renew()
             except Exception as exc:
                 self.leadership.lose()
-                log.warning("cannot confirm leadership (%s); not starting runs", describe_failure(exc, self.options.db_url))
+                log.warning(
+                    "cannot confirm leadership (%s); not starting runs",
+                    describe_failure(exc, self.options.db_url),
+                )
                 leading = False
             if leading and not was_leading:
                 self._on_gain()
@@ -166,9 +181,13 @@ class Server:
         with self.engine.begin() as conn:
             stale = stale_nodes(conn, self.node)
             if stale:
-                closed = history.close_interrupted(conn, stale, "the node running it stopped or died")
+                closed = history.close_interrupted(
+                    conn, stale, "the node running it stopped or died"
+                )
                 if closed:
-                    log.warning("closed %d run(s) left running by stopped node(s) as interrupted", closed)
+                    log.warning(
+                        "closed %d run(s) left running by stopped node(s) as interrupted", closed
+                    )
         self.scheduler.refresh()
 
     def _change_loop(self) -> None:
@@ -198,7 +217,7 @@ class Server:
 
     def _listen(self) -> Any:
         raw = self.engine.raw_connection()
-        dbapi = raw.driver_connection
+        dbapi: Any = raw.driver_connection
         raw.detach()
         dbapi.set_isolation_level(0)
         with dbapi.cursor() as cursor:
@@ -207,7 +226,9 @@ class Server:
 
     def _watch_loop(self) -> None:
         roots = [p for p in self.options.paths if os.path.exists(p)] or ["."]
-        watch_roots = sorted({p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in roots})
+        watch_roots = sorted(
+            {p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in roots}
+        )
         for changes in watchfiles.watch(
             *watch_roots,
             watch_filter=self._is_job_file,
@@ -231,7 +252,11 @@ class Server:
 
     # --- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:
-        log.info("stopping: no new runs; waiting up to %.0fs for %d running", self.options.grace, self.runtime.active())
+        log.info(
+            "stopping: no new runs; waiting up to %.0fs for %d running",
+            self.options.grace,
+            self.runtime.active(),
+        )
         self.leadership.lose()
         try:
             self.scheduler.shutdown(wait=False)

@@ -29,7 +29,9 @@ def build(job: Job, now: datetime | None = None) -> AnyTrigger:
     start = _localize(spec.start, zone)
     end = _localize(spec.end, zone)
     if spec.cron is not None:
-        return CrontabTrigger(spec.cron, job.zone, start_date=start, end_date=end, jitter=spec.jitter)
+        return CrontabTrigger(
+            spec.cron, job.zone, start_date=start, end_date=end, jitter=spec.jitter
+        )
     if spec.interval is not None:
         if start is None:
             start = (now or datetime.now(zone)) + timedelta(seconds=spec.interval)

@@ -67,9 +67,7 @@ def load_valid(paths: Sequence[str], import_targets: bool = True) -> tuple[Loade
     return loaded, problems
 
 
-def run(
-    paths: Sequence[str], import_targets: bool, next_count: int, start: datetime
-) -> Report:
+def run(paths: Sequence[str], import_targets: bool, next_count: int, start: datetime) -> Report:
     loaded, problems = load_valid(paths, import_targets)
     next_times: dict[str, list[datetime]] = {}
     if next_count and not problems:

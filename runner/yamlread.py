@@ -41,7 +41,7 @@ class YamlProblem(Exception):
         self.path = path
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type,unused-ignore]
     """Tags every untagged plain scalar so we can resolve it ourselves."""
 
     yaml_implicit_resolvers: dict[Any, Any] = {}
@@ -83,7 +83,11 @@ def _resolve_plain(text: str) -> object:
     if lowered in _YAML11_BOOL:
         return _ambiguous(text, "a YAML 1.1 boolean", "write true or false")
     if _LEADING_ZERO.fullmatch(text):
-        return _ambiguous(text, "a YAML 1.1 octal number", f"write {int(text, 8) if set(text) <= set('+-01234567') else text.lstrip('0')} or 0o{text.lstrip('+-0')}")
+        return _ambiguous(
+            text,
+            "a YAML 1.1 octal number",
+            f"write {int(text, 8) if set(text) <= set('+-01234567') else text.lstrip('0')} or 0o{text.lstrip('+-0')}",
+        )
     if _SEXAGESIMAL.fullmatch(text):
         return _ambiguous(text, "a YAML 1.1 base-60 number", "write the value you mean")
     if _UNDERSCORED.fullmatch(text):
@@ -110,7 +114,10 @@ class _Builder:
             if self._expanded > MAX_ALIAS_EXPANSION:
                 line, column = self.positions.get(path[:1], (1, 1))
                 raise YamlProblem(
-                    f"aliases expand into more than {MAX_ALIAS_EXPANSION} values", line, column, path
+                    f"aliases expand into more than {MAX_ALIAS_EXPANSION} values",
+                    line,
+                    column,
+                    path,
                 )
         else:
             self._seen.add(id(node))
@@ -140,8 +147,10 @@ class _Builder:
         result: dict[str, object] = {}
         explicit: set[str] = set()
         for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<" and (
-                key_node.tag == _PLAIN or key_node.tag == "tag:yaml.org,2002:merge"
+            if (
+                isinstance(key_node, yaml.ScalarNode)
+                and key_node.value == "<<"
+                and (key_node.tag == _PLAIN or key_node.tag == "tag:yaml.org,2002:merge")
             ):
                 self._merge(value_node, result, explicit, path)
                 continue
@@ -155,7 +164,10 @@ class _Builder:
             explicit.add(key)
             result[key] = self.build(value_node, (*path, key))
             # Point at the key: for block values the value starts on a later line.
-            self.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            self.positions[(*path, key)] = (
+                key_node.start_mark.line + 1,
+                key_node.start_mark.column + 1,
+            )
         return result
 
     def _merge(
@@ -193,7 +205,7 @@ def read_yaml(data: bytes) -> tuple[object, Positions]:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
-        if mark is not None and "\t" in text[mark.index : mark.index + 1] or "\\t" in reason:
+        if (mark is not None and "\t" in text[mark.index : mark.index + 1]) or "\\t" in reason:
             reason = "tab character; indent with spaces"
         raise YamlProblem(f"YAML syntax: {reason}", line, column) from None
     except yaml.YAMLError as exc:
