@@ -96,13 +96,26 @@ class Server:
                 self.scheduler.refresh()
 
     def run(self) -> int:
+        """Serve in the foreground until SIGTERM or SIGINT."""
         self._install_signals()
+        if not self.start():
+            return 0
+        self.stopping.wait()
+        return self._shutdown()
+
+    def stop(self) -> int:
+        """Stop a server started with `start` (embedding) gracefully."""
+        self.stopping.set()
+        return self._shutdown()
+
+    def start(self) -> bool:
+        """Start every part in background threads; False if asked to stop while waiting."""
         log.info(
             "runner serve starting: node %s, database %s", self.node, masked(self.options.db_url)
         )
         self.wait_for_database()
         if self.stopping.is_set():
-            return 0
+            return False
         self.leadership.prepare()
         self.reconcile()
         self.writer.start()
@@ -119,8 +132,7 @@ class Server:
             len(self.scheduler.store.get_all_jobs()),
             ", ".join(self.options.paths),
         )
-        self.stopping.wait()
-        return self._shutdown()
+        return True
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
