@@ -289,7 +289,8 @@ def runs(db_url: str, job_id: str | None, limit: int, output: str) -> None:
     for r in rows:
         error = f"  {r['error']}" if r["error"] else ""
         click.echo(
-            f"{r['run_id']}  {r['job_id']}  {r['scheduled_at']}  attempt {r['attempt']}  {r['status']}{error}"
+            f"{r['run_id']}  {r['job_id']}  {r['scheduled_at']}  "
+            f"attempt {r['attempt']}  {r['status']}{error}"
         )
 
 
@@ -345,3 +346,30 @@ def pause(job_id: str, db_url: str, output: str) -> None:
 def resume(job_id: str, db_url: str, output: str) -> None:
     """Lift an operator's pause; the job is scheduled again from now."""
     _set_paused(job_id, db_url, output, False)
+
+
+@main.command()
+@db_option
+@click.option("--all", "show_all", is_flag=True, help="Include nodes that have stopped.")
+@output_option
+def status(db_url: str, show_all: bool, output: str) -> None:
+    """Which node leads and since when, the standbys, and their last heartbeats."""
+    from runner import queries
+
+    engine = _engine(db_url)
+    try:
+        report = queries.status(engine)
+    finally:
+        engine.dispose()
+    if not show_all:
+        report["nodes"] = [n for n in report["nodes"] if n["role"] != "stopped"]
+    if output == "json":
+        emit_json(report)
+        return
+    leader = report["leader"]
+    if leader:
+        click.echo(f"leader: {leader['node']} since {leader['since']} (term {leader['term']})")
+    else:
+        click.echo("leader: none")
+    for node in report["nodes"]:
+        click.echo(f"  {node['role']:8} {node['node']}  last heartbeat {node['heartbeat_at']}")

@@ -41,7 +41,9 @@ def _check_timezone(name: str | None) -> str | None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin")
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
+        ) from None
     return name
 
 

@@ -104,3 +104,37 @@ def run_once(engine: Engine, job_id: str, node: str | None = None) -> Outcome:
 
 
 __all__ = ["jobs", "jobstate", "run_once", "stored_spec"]
+
+
+def status(engine: Engine) -> dict[str, Any]:
+    """Leadership and node heartbeats, for `runner status` and the API."""
+    lease, nodes = tables.runner_lease, tables.runner_nodes
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        row = conn.execute(select(lease).where(lease.c.name == "scheduler")).first()
+        node_rows = conn.execute(select(nodes).order_by(nodes.c.node)).all()
+    now = datetime.now(UTC)
+    leader = None
+    if row is not None and row.holder and row.lease_until and history.as_utc(row.lease_until) > now:
+        leader = {
+            "node": row.holder,
+            "since": _iso(row.since),
+            "term": row.term,
+            "lease_until": _iso(row.lease_until),
+        }
+    listed = []
+    for n in node_rows:
+        role = (
+            "stopped"
+            if n.stopped_at
+            else ("leader" if leader and leader["node"] == n.node else "standby")
+        )
+        listed.append(
+            {
+                "node": n.node,
+                "role": role,
+                "started_at": _iso(n.started_at),
+                "heartbeat_at": _iso(n.heartbeat_at),
+                "stopped_at": _iso(n.stopped_at),
+            }
+        )
+    return {"leader": leader, "nodes": listed}

@@ -23,7 +23,7 @@ def _localize(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
 
 
 def build(job: Job, now: datetime | None = None) -> AnyTrigger:
-    """The trigger to store; `now` anchors an interval with no start (first fire: now + interval)."""
+    """The trigger to store; `now` anchors an unstarted interval (first fire: now + interval)."""
     spec = job.trigger
     zone = ZoneInfo(job.zone)
     start = _localize(spec.start, zone)

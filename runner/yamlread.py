@@ -83,11 +83,9 @@ def _resolve_plain(text: str) -> object:
     if lowered in _YAML11_BOOL:
         return _ambiguous(text, "a YAML 1.1 boolean", "write true or false")
     if _LEADING_ZERO.fullmatch(text):
-        return _ambiguous(
-            text,
-            "a YAML 1.1 octal number",
-            f"write {int(text, 8) if set(text) <= set('+-01234567') else text.lstrip('0')} or 0o{text.lstrip('+-0')}",
-        )
+        digits = text.lstrip("+-0") or "0"
+        octal = f"{int(digits, 8)} or 0o{digits}" if set(digits) <= set("01234567") else digits
+        return _ambiguous(text, "a YAML 1.1 octal number", f"write {octal}")
     if _SEXAGESIMAL.fullmatch(text):
         return _ambiguous(text, "a YAML 1.1 base-60 number", "write the value you mean")
     if _UNDERSCORED.fullmatch(text):
