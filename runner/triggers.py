@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -62,7 +62,7 @@ def next_fire_times(trigger: AnyTrigger, count: int, after: datetime) -> list[da
             fire = trigger.get_next_fire_time(previous, now)
             if fire is None:
                 break
-            if fire <= after:
+            if fire.astimezone(UTC) <= after.astimezone(UTC):
                 previous = fire
                 continue
             times.append(fire)
