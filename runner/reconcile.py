@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -64,11 +65,10 @@ def apply(
     now: datetime | None = None,
 ) -> tuple[Plan, bool]:
     """Returns the plan and whether it was written."""
-    schema.ensure(engine)
     try:
         if dry_run:
-            with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-                return compute(desired, read_stored(conn), prune, _spec_reader(conn)), False
+            return _plan_only(engine, desired, prune), False
+        schema.ensure(engine)
         with engine.begin() as conn:
             if is_postgres(engine):
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
@@ -82,6 +82,29 @@ def apply(
         raise
     except (DBAPIError, SQLAlchemyError) as exc:
         raise StoreError(describe_failure(exc, str(engine.url))) from None
+
+
+def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
+    """The plan a real apply would carry out, read without writing anything, not even the schema.
+
+    A collision with a job the runner does not own fails here too, as the apply would.
+    """
+    if _missing_sqlite_file(engine):  # connecting would create the file
+        return compute(desired, {}, prune, lambda ids: {})
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        names = schema.existing_tables(conn)
+        stored = read_stored(conn) if tables.runner_jobs.name in names else {}
+        plan = compute(desired, stored, prune, _spec_reader(conn))
+        if tables.apscheduler_jobs.name in names:
+            _refuse_foreign(conn, plan.create)
+        return plan
+
+
+def _missing_sqlite_file(engine: Engine) -> bool:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return False
+    return not database.startswith("file:") and not os.path.exists(database)
 
 
 def bump_generation(conn: Connection) -> None:

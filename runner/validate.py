@@ -10,6 +10,7 @@ from typing import Any
 from runner import jobfiles, targets, triggers
 from runner.errors import Problem
 from runner.jobfiles import Loaded, SourcedJob
+from runner.models import Job
 
 
 @dataclass(slots=True)
@@ -45,18 +46,31 @@ def check_targets(jobs: Sequence[SourcedJob], import_targets: bool) -> list[Prob
     """Targets must be allowed, and (when importing) callable with the given arguments."""
     prefixes = targets.allowed_prefixes()
     problems = []
+    # Whether arguments bind depends only on the target, how many positional arguments there
+    # are and the keyword names, never on the values: check each combination once.
+    verdicts: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
     for sourced in jobs:
         job = sourced.job
-        try:
-            if import_targets:
-                func = targets.resolve(job.target, prefixes)
-                targets.check_call(func, job.args, job.kwargs)
-            else:
-                targets.check_allowed_name(job.target, prefixes)
-        except targets.TargetError as exc:
+        key = (job.target, len(job.args), tuple(job.kwargs))
+        if key not in verdicts:
+            verdicts[key] = _target_problem(job, prefixes, import_targets)
+        message = verdicts[key]
+        if message is not None:
             line, column = sourced.position("target")
-            problems.append(Problem(sourced.file, line, column, job.id, "target", str(exc)))
+            problems.append(Problem(sourced.file, line, column, job.id, "target", message))
     return problems
+
+
+def _target_problem(job: Job, prefixes: Sequence[str], import_targets: bool) -> str | None:
+    try:
+        if import_targets:
+            func = targets.resolve(job.target, prefixes)
+            targets.check_call(func, job.args, job.kwargs)
+        else:
+            targets.check_allowed_name(job.target, prefixes)
+    except targets.TargetError as exc:
+        return str(exc)
+    return None
 
 
 def load_valid(paths: Sequence[str], import_targets: bool = True) -> tuple[Loaded, list[Problem]]:

@@ -1,14 +1,17 @@
 """Safe, strict YAML reading with a position for every value.
 
 PyYAML resolves plain scalars by YAML 1.1 rules, which silently turn `NO` into false,
-`1:30` into 90 and `0755` into 493. We compose the node tree with the C parser where it is
-available, resolve scalars ourselves by YAML 1.2 core rules, and refuse the YAML 1.1 forms
-outright so an author is told instead of surprised.
+`1:30` into 90 and `0755` into 493. We read the parser's events (from the C parser where it
+is available) and build plain values from them ourselves, resolving scalars by YAML 1.2
+core rules and refusing the YAML 1.1 forms outright so an author is told instead of
+surprised. Building from events skips PyYAML's node tree and resolver, which cost more than
+the parsing itself on large job sets.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -28,6 +31,7 @@ _PLAIN = "tag:runner.invalid,2026:plain"
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class YamlProblem(Exception):
@@ -41,18 +45,25 @@ class YamlProblem(Exception):
         self.path = path
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type,unused-ignore]
-    """Tags every untagged plain scalar so we can resolve it ourselves."""
+_Loader = _BaseLoader
+"""Only its parser is used: `get_event`, never its composer, constructor or resolver."""
 
-    yaml_implicit_resolvers: dict[Any, Any] = {}
+MAX_DEPTH = 100
+"""Nesting deeper than this is refused (a job file needs a handful of levels)."""
 
+_ScalarEvent = yaml.ScalarEvent
+_AliasEvent = yaml.AliasEvent
+_SequenceStart = yaml.SequenceStartEvent
+_SequenceEnd = yaml.SequenceEndEvent
+_MappingStart = yaml.MappingStartEvent
+_MappingEnd = yaml.MappingEndEvent
 
-_Loader.add_implicit_resolver(_PLAIN, re.compile(r"(?s).*"), None)
 
 _NULL = frozenset({"", "~", "null", "Null", "NULL"})
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 _YAML11_BOOL = frozenset({"y", "yes", "n", "no", "on", "off"})
+_NUMBER_START = frozenset("0123456789+-.")
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 _HEX_OCT = re.compile(r"0x[0-9a-fA-F]+|0o[0-7]+")
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|(?:0|[1-9][0-9]*)(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
@@ -69,6 +80,10 @@ def _resolve_plain(text: str) -> object:
         return True
     if text in _FALSE:
         return False
+    if text[0] not in _NUMBER_START:  # every number form starts with a digit, sign or dot
+        if text.lower() in _YAML11_BOOL:
+            return _ambiguous(text, "a YAML 1.1 boolean", "write true or false")
+        return text
     if _INT.fullmatch(text):
         return int(text)
     if _HEX_OCT.fullmatch(text):
@@ -97,93 +112,222 @@ def _ambiguous(text: str, what: str, fix: str) -> object:
     raise ValueError(f"{text!r} is ambiguous ({what}); quote it for a string, or {fix}")
 
 
-class _Builder:
-    """Turns composed nodes into plain Python values, recording where each came from."""
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    value: object
+    size: int
+    """How many values building it made, aliases inside it included."""
+    positions: list[tuple[Path, tuple[int, int]]]
+    """Positions recorded while building it, relative to the anchored node's path."""
+    key: tuple[str, str] | None
+    """(tag, text) when the anchored node is a scalar, so an alias can serve as a key."""
 
-    def __init__(self) -> None:
-        self.positions: Positions = {}
-        self._seen: set[int] = set()
+
+def _mark(event: Any) -> tuple[int, int]:
+    mark = event.start_mark
+    return (mark.line + 1, mark.column + 1)
+
+
+def _problem(event: Any, message: str, path: Path) -> YamlProblem:
+    line, column = _mark(event)
+    return YamlProblem(message, line, column, path)
+
+
+def _scalar_tag(event: Any) -> str:
+    tag: str | None = event.tag
+    if tag is None or tag == "!":
+        return _PLAIN if event.implicit[0] else _STR
+    return tag
+
+
+class _Reader:
+    """Builds plain Python values from parser events, recording where each came from.
+
+    Runs once per event of every job file, so the common cases take the short paths. An
+    alias reuses the value built for its anchor; what it would expand to counts against
+    MAX_ALIAS_EXPANSION, and its positions are those recorded under the anchor.
+    """
+
+    def __init__(self, next_event: Any) -> None:
+        self._next = next_event
+        self.placed: list[tuple[Path, tuple[int, int]]] = []
+        """(path, (line, column)) in recording order; a later entry for a path wins."""
+        self._anchors: dict[str, _Anchor | None] = {}
+        self._built = 0
         self._expanded = 0
 
-    def build(self, node: yaml.Node, path: Path) -> object:
-        self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if id(node) in self._seen:
-            self._expanded += 1
-            if self._expanded > MAX_ALIAS_EXPANSION:
-                line, column = self.positions.get(path[:1], (1, 1))
-                raise YamlProblem(
-                    f"aliases expand into more than {MAX_ALIAS_EXPANSION} values",
-                    line,
-                    column,
-                    path,
-                )
+    def document(self) -> object:
+        """The single document's value; None when the stream holds no document."""
+        next_event = self._next
+        next_event()  # stream start
+        event = next_event()
+        if type(event) is yaml.StreamEndEvent:
+            return None
+        value = self._node(next_event(), ())
+        next_event()  # document end
+        event = next_event()
+        if type(event) is not yaml.StreamEndEvent:
+            raise _problem(event, "YAML syntax: found a second document; a file holds one", ())
+        return value
+
+    def _node(self, event: Any, path: Path) -> object:
+        mark = event.start_mark
+        self.placed.append((path, (mark.line + 1, mark.column + 1)))
+        kind = type(event)
+        if kind is _AliasEvent:
+            return self._alias(event, path)
+        if event.anchor is not None:
+            return self._anchored(event, kind, path)
+        return self._value(event, kind, path)
+
+    def _value(self, event: Any, kind: type, path: Path) -> object:
+        self._built += 1
+        if kind is _ScalarEvent:
+            return self._scalar(event, path)
+        if len(path) >= MAX_DEPTH:
+            raise _problem(event, f"nested more than {MAX_DEPTH} levels deep", path)
+        if kind is _MappingStart:
+            if event.tag is not None and event.tag not in ("!", _MAP):
+                raise _problem(event, f"tag {event.tag} is not allowed", path)
+            return self._mapping(path)
+        if kind is _SequenceStart:
+            if event.tag is not None and event.tag not in ("!", _SEQ):
+                raise _problem(event, f"tag {event.tag} is not allowed", path)
+            return self._sequence(path)
+        raise _problem(event, "unsupported YAML node", path)  # pragma: no cover
+
+    def _scalar(self, event: Any, path: Path) -> object:
+        tag = event.tag
+        if tag is None or tag == "!":
+            if not event.implicit[0]:
+                return event.value
+        elif tag == _STR:
+            return event.value
         else:
-            self._seen.add(id(node))
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ:
-                raise self._problem(node, f"tag {node.tag} is not allowed", path)
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            if node.tag != _MAP:
-                raise self._problem(node, f"tag {node.tag} is not allowed", path)
-            return self._mapping(node, path)
-        raise self._problem(node, "unsupported YAML node", path)  # pragma: no cover
-
-    def _scalar(self, node: yaml.ScalarNode, path: Path) -> object:
-        if node.tag == _STR:
-            return node.value
-        if node.tag != _PLAIN:
-            raise self._problem(node, f"tag {node.tag} is not allowed", path)
+            raise _problem(event, f"tag {tag} is not allowed", path)
         try:
-            return _resolve_plain(node.value)
+            return _resolve_plain(event.value)
         except ValueError as exc:
-            raise self._problem(node, str(exc), path) from None
+            raise _problem(event, str(exc), path) from None
 
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, object]:
+    def _sequence(self, path: Path) -> list[object]:
+        items: list[object] = []
+        next_event = self._next
+        event = next_event()
+        while type(event) is not _SequenceEnd:
+            items.append(self._node(event, (*path, len(items))))
+            event = next_event()
+        return items
+
+    def _mapping(self, path: Path) -> dict[str, object]:
         result: dict[str, object] = {}
         explicit: set[str] = set()
-        for key_node, value_node in node.value:
-            if (
-                isinstance(key_node, yaml.ScalarNode)
-                and key_node.value == "<<"
-                and (key_node.tag == _PLAIN or key_node.tag == "tag:yaml.org,2002:merge")
-            ):
-                self._merge(value_node, result, explicit, path)
-                continue
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise self._problem(key_node, "mapping keys must be plain strings", path)
-            if key_node.tag not in (_PLAIN, _STR):
-                raise self._problem(key_node, f"tag {key_node.tag} is not allowed", path)
-            key = key_node.value
-            if key in explicit:
-                raise self._problem(key_node, f"duplicate key {key!r}", (*path, key))
-            explicit.add(key)
-            result[key] = self.build(value_node, (*path, key))
-            # Point at the key: for block values the value starts on a later line.
-            self.positions[(*path, key)] = (
-                key_node.start_mark.line + 1,
-                key_node.start_mark.column + 1,
-            )
+        placed = self.placed
+        next_event = self._next
+        event = next_event()
+        while type(event) is not _MappingEnd:
+            key, tag = self._key(event, path)
+            if key == "<<" and tag in (_PLAIN, _MERGE):
+                self._merge(next_event(), result, explicit, path)
+            else:
+                if tag != _PLAIN and tag != _STR:
+                    raise _problem(event, f"tag {tag} is not allowed", path)
+                child = (*path, key)
+                if key in explicit:
+                    raise _problem(event, f"duplicate key {key!r}", child)
+                explicit.add(key)
+                value_event = next_event()
+                if type(value_event) is _ScalarEvent and value_event.anchor is None:
+                    self._built += 1
+                    result[key] = self._scalar(value_event, child)
+                else:
+                    result[key] = self._node(value_event, child)
+                # Point at the key: for block values the value starts on a later line.
+                mark = event.start_mark
+                placed.append((child, (mark.line + 1, mark.column + 1)))
+            event = next_event()
         return result
 
-    def _merge(
-        self, node: yaml.Node, into: dict[str, object], explicit: set[str], path: Path
-    ) -> None:
-        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        for source in sources:
-            merged = self.build(source, (*path, "<<"))
-            if not isinstance(merged, dict):
-                raise self._problem(source, "<< must merge a mapping", path)
-            for key, value in merged.items():
-                if key not in explicit and key not in into:
-                    into[key] = value
-                    self.positions[(*path, key)] = self.positions[(*path, "<<", key)]
+    def _key(self, event: Any, path: Path) -> tuple[str, str]:
+        kind = type(event)
+        if kind is _ScalarEvent:
+            tag = _scalar_tag(event)
+            if event.anchor is not None:
+                name = self._define(event, path)
+                value: object
+                try:  # what an alias to it means as a value; an error only if so used
+                    value = self._scalar(event, path)
+                except YamlProblem as exc:
+                    value = exc
+                self._anchors[name] = _Anchor(value, 1, [((), _mark(event))], (tag, event.value))
+            return event.value, tag
+        if kind is _AliasEvent:
+            anchor = self._anchors.get(event.anchor)
+            if anchor is not None and anchor.key is not None:
+                return anchor.key[1], anchor.key[0]
+        raise _problem(event, "mapping keys must be plain strings", path)
 
-    @staticmethod
-    def _problem(node: yaml.Node, message: str, path: Path) -> YamlProblem:
-        return YamlProblem(message, node.start_mark.line + 1, node.start_mark.column + 1, path)
+    def _anchored(self, event: Any, kind: type, path: Path) -> object:
+        name = self._define(event, path)
+        first = len(self.placed) - 1  # this node's own position, recorded by _node
+        built = self._built
+        value = self._value(event, kind, path)
+        depth = len(path)
+        relative = [(where[depth:], mark) for where, mark in self.placed[first:]]
+        key = (_scalar_tag(event), event.value) if kind is _ScalarEvent else None
+        self._anchors[name] = _Anchor(value, self._built - built, relative, key)
+        return value
+
+    def _define(self, event: Any, path: Path) -> str:
+        name: str = event.anchor
+        if name in self._anchors:
+            raise _problem(event, f"YAML syntax: anchor &{name} is defined twice", path)
+        self._anchors[name] = None  # being built: an alias to it inside it is refused
+        return name
+
+    def _alias(self, event: Any, path: Path) -> object:
+        name = event.anchor
+        if name not in self._anchors:
+            raise _problem(event, f"YAML syntax: found undefined alias *{name}", path)
+        anchor = self._anchors[name]
+        if anchor is None:
+            raise _problem(event, f"alias *{name} refers to a node that contains it", path)
+        self._expanded += anchor.size
+        self._built += anchor.size
+        if self._expanded > MAX_ALIAS_EXPANSION:
+            line, column = self._position(path[:1])
+            raise YamlProblem(
+                f"aliases expand into more than {MAX_ALIAS_EXPANSION} values", line, column, path
+            )
+        if isinstance(anchor.value, YamlProblem):
+            raise anchor.value
+        self.placed.extend(((*path, *suffix), mark) for suffix, mark in anchor.positions)
+        return anchor.value
+
+    def _merge(self, event: Any, into: dict[str, object], explicit: set[str], path: Path) -> None:
+        base = (*path, "<<")
+        first = len(self.placed)
+        value = self._node(event, base)
+        here = dict(self.placed[first:])
+        sources: list[tuple[object, Path]] = (
+            [(item, (*base, i)) for i, item in enumerate(value)]
+            if isinstance(value, list)
+            else [(value, base)]
+        )
+        for source, where in sources:
+            if not isinstance(source, dict):
+                line, column = here.get(where, _mark(event))
+                raise YamlProblem("<< must merge a mapping", line, column, path)
+            for key, item in source.items():
+                if key not in explicit and key not in into:
+                    into[key] = item
+                    self.placed.append(((*path, key), here[(*where, key)]))
+
+    def _position(self, path: Path) -> tuple[int, int]:
+        for where, mark in reversed(self.placed):
+            if where == path:
+                return mark
+        return (1, 1)
 
 
 def read_yaml(data: bytes) -> tuple[object, Positions]:
@@ -197,8 +341,9 @@ def read_yaml(data: bytes) -> tuple[object, Positions]:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise YamlProblem(f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", line, column) from None
     loader = _Loader(text)
+    reader = _Reader(loader.get_event)
     try:
-        node = loader.get_single_node()
+        value = reader.document()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -210,8 +355,4 @@ def read_yaml(data: bytes) -> tuple[object, Positions]:
         raise YamlProblem(f"YAML syntax: {exc}", 1, 1) from None
     finally:
         loader.dispose()
-    if node is None:
-        return None, {}
-    builder = _Builder()
-    value = builder.build(node, ())
-    return value, builder.positions
+    return value, dict(reader.placed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +16,7 @@ from runner.errors import StoreError
 
 ENV_DATABASE = "RUNNER_DATABASE_URL"
 DEFAULT_URL = "sqlite:///runner.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "runner_read_only"
 """Execution option for transactions that only read (SQLite then takes no write lock)."""
 
@@ -66,15 +69,40 @@ def _sqlite_transactions(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _use_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode, which then sticks to the file.
+
+    Only the first connection to a new file switches it, and the switch needs an exclusive
+    lock for which SQLite answers "database is locked" at once, without waiting out the busy
+    timeout, while another connection is inside a transaction (two applies starting on a
+    fresh file). So check first, and retry the switch until the busy timeout has passed.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # in-memory files answer "memory"
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def describe_failure(exc: BaseException, url: str) -> str:

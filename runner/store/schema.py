@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, inspect, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from runner.errors import StoreError
@@ -24,6 +24,17 @@ def ensure(engine: Engine) -> None:
         raise
     except (DBAPIError, SQLAlchemyError) as exc:
         raise StoreError(describe_failure(exc, str(engine.url))) from None
+
+
+def existing_tables(conn: Connection) -> set[str]:
+    """The tables present, for readers that must not create any (dry runs); writes nothing.
+
+    Raises StoreError when the runner's tables were written by a newer schema version.
+    """
+    names = set(inspect(conn).get_table_names())
+    if tables.runner_meta.name in names:
+        check_version(conn)
+    return names
 
 
 def check_version(conn: Connection, create: bool = False) -> None:
