@@ -101,3 +101,40 @@ def drop_database(url: str) -> None:
             cur.execute(f"DROP DATABASE IF EXISTS {_quote(name)}{force}")
     finally:
         conn.close()
+
+
+def control(action: str) -> None:
+    """Stop, start or restart the test server itself, for fault-injection tests.
+
+    `scripts/test` sets RUNNER_TEST_PG_CTL for its throwaway server; otherwise the Debian
+    cluster listening on the admin URL's port is driven with pg_ctlcluster.
+    """
+    import shlex
+    import subprocess
+
+    command = os.environ.get("RUNNER_TEST_PG_CTL")
+    if command:
+        subprocess.run([*shlex.split(command), action], check=True, timeout=90)
+        return
+    port = str(urlsplit(admin_url()).port or 5432)
+    clusters = subprocess.run(
+        ["pg_lsclusters", "-h"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for line in clusters:
+        version, name, cluster_port = line.split()[:3]
+        if cluster_port == port:
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action],
+                check=True,
+                timeout=90,
+            )
+            return
+    raise RuntimeError(f"no way to {action} the test PostgreSQL on port {port}; run scripts/test")
+
+
+def answers() -> bool:
+    try:
+        psycopg2.connect(libpq_url(admin_url()), connect_timeout=1).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
