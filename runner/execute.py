@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +66,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _resolve(target: str, prefixes: tuple[str, ...]) -> Callable[..., Any]:
+    """Imported modules stay imported anyway; this saves the lookup on every run (failures
+    are not cached: a target that cannot be imported is tried again next time)."""
+    return targets.resolve(target, prefixes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_async(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func)
+
+
+@functools.lru_cache(maxsize=64)
+def _prefixes(setting: str) -> tuple[str, ...]:
+    return targets.allowed_prefixes({targets.ENV_ALLOWED: setting})
+
+
+@functools.lru_cache(maxsize=1024)
+def _retries(items: tuple[tuple[str, Any], ...]) -> Retries:
+    return Retries.model_validate(dict(items), strict=False)
+
+
+def retries_of(spec: Mapping[str, Any]) -> Retries:
+    raw = spec.get("retries") or {}
+    try:
+        return _retries(tuple(sorted(raw.items())))
+    except TypeError:  # an unhashable value: not from a valid spec, but do not crash on it
+        return Retries.model_validate(raw, strict=False)
+
+
 async def _call(
     func: Callable[..., Any],
     args: list[Any],
@@ -73,7 +103,7 @@ async def _call(
     timeout: float | None,
     threads: Executor | None,
 ) -> None:
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
         await asyncio.wait_for(func(*args, **kwargs), timeout)
         return
     loop = asyncio.get_running_loop()
@@ -86,10 +116,11 @@ async def _call(
 async def attempt(fire: Fire, threads: Executor | None, environ: Mapping[str, str]) -> Outcome:
     """One attempt; never raises except CancelledError (shutdown)."""
     spec = fire.spec
+    secrets: set[str] = set()
     try:
-        func = targets.resolve(spec["target"], targets.allowed_prefixes(environ))
-        args = interpolate.resolve(spec.get("args", []), environ)
-        kwargs = interpolate.resolve(spec.get("kwargs", {}), environ)
+        func = _resolve(spec["target"], _prefixes(environ.get(targets.ENV_ALLOWED, "")))
+        args = interpolate.resolve(spec.get("args", []), environ, secrets)
+        kwargs = interpolate.resolve(spec.get("kwargs", {}), environ, secrets)
     except (targets.TargetError, interpolate.MissingVariable) as exc:
         return Outcome(Status.FAILED, str(exc))
     timeout = spec.get("timeout")
@@ -99,8 +130,13 @@ async def attempt(fire: Fire, threads: Executor | None, environ: Mapping[str, st
         return Outcome(Status.TIMED_OUT, f"timed out after {timeout}s")
     except asyncio.CancelledError:
         raise
-    except Exception as exc:
-        return Outcome(Status.FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a job's sys.exit() is a failure
+        # The message and traceback may quote an argument: never record a resolved secret.
+        return Outcome(
+            Status.FAILED,
+            interpolate.redact(f"{type(exc).__name__}: {exc}", secrets),
+            interpolate.redact(traceback.format_exc(), secrets),
+        )
     return Outcome(Status.SUCCEEDED)
 
 
@@ -110,24 +146,26 @@ async def run_fire(
     threads: Executor | None = None,
     environ: Mapping[str, str] = os.environ,
     first_attempt: int = 1,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> Outcome:
     """All attempts of one fire; waits between them as `retries` says."""
-    retries = Retries.model_validate(fire.spec.get("retries", {}), strict=False)
+    retries = retries_of(fire.spec)
     outcome = Outcome(Status.FAILED, "not run")
     for number in range(first_attempt, retries.max_attempts + 1):
         if number > first_attempt:
-            await asyncio.sleep(retries.wait_before(number))
+            await sleep(retries.wait_before(number))
         started = _now()
         clock = time.monotonic()
         recorder.started(fire, number, started)
-        log.info(
-            "run start job=%s scheduled=%s attempt=%d/%d",
-            fire.job_id,
-            fire.scheduled_at.isoformat(),
-            number,
-            retries.max_attempts,
-            extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "run start job=%s scheduled=%s attempt=%d/%d",
+                fire.job_id,
+                fire.scheduled_at.isoformat(),
+                number,
+                retries.max_attempts,
+                extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
+            )
         try:
             outcome = await attempt(fire, threads, environ)
         except asyncio.CancelledError:
@@ -139,23 +177,25 @@ async def run_fire(
             raise
         duration = time.monotonic() - clock
         recorder.finished(fire, number, _now(), duration, outcome)
-        log.log(
-            logging.INFO if outcome.status == Status.SUCCEEDED else logging.WARNING,
-            "run end job=%s scheduled=%s attempt=%d duration=%.3fs outcome=%s%s",
-            fire.job_id,
-            fire.scheduled_at.isoformat(),
-            number,
-            duration,
-            outcome.status,
-            f" error={outcome.error}" if outcome.error else "",
-            extra={
-                "job_id": fire.job_id,
-                "attempt": number,
-                "event": "end",
-                "outcome": outcome.status,
-                "duration": duration,
-            },
-        )
+        level = logging.INFO if outcome.status == Status.SUCCEEDED else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "run end job=%s scheduled=%s attempt=%d duration=%.3fs outcome=%s%s",
+                fire.job_id,
+                fire.scheduled_at.isoformat(),
+                number,
+                duration,
+                outcome.status,
+                f" error={outcome.error}" if outcome.error else "",
+                extra={
+                    "job_id": fire.job_id,
+                    "attempt": number,
+                    "event": "end",
+                    "outcome": outcome.status,
+                    "duration": duration,
+                },
+            )
         if outcome.status == Status.SUCCEEDED:
             break
     return outcome

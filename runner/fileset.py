@@ -7,6 +7,7 @@ save by renaming never cause a deletion.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -27,7 +28,8 @@ class FileSet:
     good: dict[str, list[Desired]] = field(default_factory=dict)
     bad: dict[str, list[Problem]] = field(default_factory=dict)
     gone_grace: float = 0.5
-    _stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    _digests: dict[str, bytes] = field(default_factory=dict)
     _missing_since: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -36,7 +38,7 @@ class FileSet:
         return bool(self._missing_since)
 
     def refresh(self, changed: Iterable[str] | None = None) -> list[Problem]:
-        """Re-read files (all, or those whose stat changed); return the problems now present."""
+        """Re-read all files, or those in `changed` and new ones; return the problems present."""
         files, missing = jobfiles.discover(self.paths)
         present = set(files)
         now = time.monotonic()
@@ -50,26 +52,39 @@ class FileSet:
                 del self.good[gone]
                 del self._missing_since[gone]
                 self._stamps.pop(gone, None)
+                self._digests.pop(gone, None)
         for gone in [f for f in self.bad if f not in present]:
             del self.bad[gone]
         wanted = set(os.path.realpath(c) for c in changed) if changed is not None else None
         for file in files:
-            if wanted is not None and os.path.realpath(file) not in wanted and file in self._stamps:
+            named = wanted is None or os.path.realpath(file) in wanted
+            if not named and file in self._stamps:
                 continue
-            self._read(file)
+            # A file a change was reported for is compared by content: two saves within one
+            # tick of the file system's clock can leave size and modification time unchanged.
+            self._read(file, by_content=wanted is not None and named)
         return [*missing, *(p for problems in self.bad.values() for p in problems)]
 
-    def _read(self, file: str) -> None:
+    def _read(self, file: str, by_content: bool = False) -> None:
         try:
             stat = os.stat(file)
+        except OSError as exc:
+            self.bad[file] = [Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}")]
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        known = file in self.good or file in self.bad
+        if not by_content and self._stamps.get(file) == stamp and known:
+            return
+        try:
             data = Path(file).read_bytes()
         except OSError as exc:
             self.bad[file] = [Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}")]
             return
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if self._stamps.get(file) == stamp and (file in self.good or file in self.bad):
-            return
+        digest = hashlib.blake2b(data, digest_size=16).digest()
         self._stamps[file] = stamp
+        if self._digests.get(file) == digest and known:
+            return
+        self._digests[file] = digest
         jobs, problems = jobfiles.parse_file(file, data)
         if not problems:
             problems = validate.check_targets(jobs, import_targets=True)

@@ -7,8 +7,8 @@ and a restarted node never repeats a fire that already ran.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -46,12 +46,78 @@ class Mark:
     reason: str
 
 
+_CLAIM_PG = """
+INSERT INTO runner_runs (job_id, scheduled_at, attempt, status, node)
+SELECT u.job_id, u.scheduled_at, 1, 'running', %(node)s
+FROM unnest(%(job_id)s::text[], %(scheduled_at)s::timestamptz[]) AS u(job_id, scheduled_at)
+ON CONFLICT (job_id, scheduled_at, attempt) DO NOTHING
+RETURNING job_id, scheduled_at
+"""
+
+_MARK_PG = """
+INSERT INTO runner_runs (job_id, scheduled_at, attempt, status, error, node, finished_at)
+SELECT u.job_id, u.scheduled_at, 1, u.status, u.error, %(node)s, %(now)s
+FROM unnest(%(job_id)s::text[], %(scheduled_at)s::timestamptz[], %(status)s::text[],
+            %(error)s::text[]) AS u(job_id, scheduled_at, status, error)
+ON CONFLICT (job_id, scheduled_at, attempt) DO NOTHING
+"""
+
+_ATTEMPT_COLUMNS = (
+    "job_id",
+    "scheduled_at",
+    "attempt",
+    "started_at",
+    "finished_at",
+    "duration",
+    "status",
+    "error",
+    "traceback",
+)
+
+_UPSERT_PG = """
+INSERT INTO runner_runs (job_id, scheduled_at, attempt, started_at, finished_at, duration,
+                         status, error, traceback, node)
+SELECT u.job_id, u.scheduled_at, u.attempt, u.started_at, u.finished_at, u.duration,
+       u.status, u.error, u.traceback, %(node)s
+FROM unnest(%(job_id)s::text[], %(scheduled_at)s::timestamptz[], %(attempt)s::int[],
+            %(started_at)s::timestamptz[], %(finished_at)s::timestamptz[],
+            %(duration)s::float8[], %(status)s::text[], %(error)s::text[],
+            %(traceback)s::text[])
+     AS u(job_id, scheduled_at, attempt, started_at, finished_at, duration, status, error,
+          traceback)
+ON CONFLICT (job_id, scheduled_at, attempt) DO UPDATE SET
+    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    duration = EXCLUDED.duration, status = EXCLUDED.status, error = EXCLUDED.error,
+    traceback = EXCLUDED.traceback, node = EXCLUDED.node
+"""
+
+_FINISH_PG = """
+UPDATE runner_runs AS r SET finished_at = u.finished_at, duration = u.duration,
+    status = u.status, error = u.error, traceback = u.traceback
+FROM unnest(%(job_id)s::text[], %(scheduled_at)s::timestamptz[], %(attempt)s::int[],
+            %(finished_at)s::timestamptz[], %(duration)s::float8[], %(status)s::text[],
+            %(error)s::text[], %(traceback)s::text[])
+     AS u(job_id, scheduled_at, attempt, finished_at, duration, status, error, traceback)
+WHERE r.job_id = u.job_id AND r.scheduled_at = u.scheduled_at AND r.attempt = u.attempt
+"""
+
+
+def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
+    """Rows as one list per column: PostgreSQL takes them as arrays and unnests them, which
+    costs a fraction of binding every value of every row separately."""
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
 def claim(
     conn: Connection, fires: Sequence[tuple[str, datetime]], node: str
 ) -> set[tuple[str, datetime]]:
     """Insert the first-attempt row of each fire; return the fires this node won."""
     if not fires:
         return set()
+    if conn.dialect.name == "postgresql":
+        params = _columns(("job_id", "scheduled_at"), [(j, as_utc(at)) for j, at in fires])
+        result = conn.exec_driver_sql(_CLAIM_PG, {**params, "node": node})
+        return {(job_id, as_utc(at)) for job_id, at in result}
     rows = [
         {
             "job_id": job_id,
@@ -62,16 +128,13 @@ def claim(
         }
         for job_id, at in fires
     ]
-    won: set[tuple[str, datetime]] = set()
-    for start in range(0, len(rows), 500):
-        statement = (
-            _insert(conn)
-            .values(rows[start : start + 500])
-            .on_conflict_do_nothing(index_elements=["job_id", "scheduled_at", "attempt"])
-            .returning(runs.c.job_id, runs.c.scheduled_at)
-        )
-        won.update((row.job_id, as_utc(row.scheduled_at)) for row in conn.execute(statement))
-    return won
+    statement = (
+        _insert(conn)
+        .on_conflict_do_nothing(index_elements=["job_id", "scheduled_at", "attempt"])
+        .returning(runs.c.job_id, runs.c.scheduled_at)
+    )
+    result = conn.execute(statement, rows if len(rows) > 1 else rows[0])
+    return {(job_id, as_utc(at)) for job_id, at in result}
 
 
 def mark(conn: Connection, marks: Sequence[Mark], node: str) -> None:
@@ -79,6 +142,13 @@ def mark(conn: Connection, marks: Sequence[Mark], node: str) -> None:
     if not marks:
         return
     now = datetime.now(UTC)
+    if conn.dialect.name == "postgresql":
+        params = _columns(
+            ("job_id", "scheduled_at", "status", "error"),
+            [(m.job_id, as_utc(m.scheduled_at), m.status, m.reason) for m in marks],
+        )
+        conn.exec_driver_sql(_MARK_PG, {**params, "node": node, "now": now})
+        return
     rows = [
         {
             "job_id": m.job_id,
@@ -91,12 +161,10 @@ def mark(conn: Connection, marks: Sequence[Mark], node: str) -> None:
         }
         for m in marks
     ]
-    for start in range(0, len(rows), 500):
-        conn.execute(
-            _insert(conn)
-            .values(rows[start : start + 500])
-            .on_conflict_do_nothing(index_elements=["job_id", "scheduled_at", "attempt"])
-        )
+    statement = _insert(conn).on_conflict_do_nothing(
+        index_elements=["job_id", "scheduled_at", "attempt"]
+    )
+    conn.execute(statement, rows)
 
 
 def _key(fire_job: str, scheduled: datetime, attempt: int) -> Any:
@@ -107,65 +175,90 @@ def _key(fire_job: str, scheduled: datetime, attempt: int) -> Any:
     )
 
 
-class Writer:
-    """Queues attempt updates and writes them in batches from one thread.
+BURST = 50
+_Op = tuple[Any, ...]
+"""("start", job_id, scheduled_at, attempt, started_at),
+("finish", job_id, scheduled_at, attempt, finished_at, duration, status, error, traceback) or
+("release", job_id, scheduled_at, 1)."""
 
+
+class Writer:
+    """Collects attempt starts and ends and writes them in batches from one thread.
+
+    Producers append to a deque and wake the writer once per writing cycle, not once per item:
+    starting a thousand runs at once must not hand the GIL to this thread a thousand times.
+    A lone update is written at once; a burst (BURST items or more) is left to go quiet (up to
+    `max_delay`) before it is written, so writing does not compete with the runs starting.
     When the database is away, updates wait in memory and are retried, so no history is lost
     while the process lives.
     """
 
-    def __init__(self, engine: Engine, node: str, flush_every: float = 0.05) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        node: str,
+        flush_every: float = 0.05,
+        quiet: float = 0.02,
+        max_delay: float = 0.5,
+    ) -> None:
         self.engine = engine
         self.node = node
         self.flush_every = flush_every
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._ops: collections.deque[_Op] = collections.deque()
+        self._last_put = 0.0
+        self._inflight = False
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._loop, name="runner-history", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def started(self, fire: Fire, attempt: int, at: datetime) -> None:
-        self._idle.clear()
-        self._queue.put(
-            (
-                "start",
-                {
-                    "job_id": fire.job_id,
-                    "scheduled_at": as_utc(fire.scheduled_at),
-                    "attempt": attempt,
-                    "started_at": at,
-                },
-            )
-        )
+        self._ops.append(("start", fire.job_id, as_utc(fire.scheduled_at), attempt, at))
+        self._poke()
 
     def finished(
         self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
     ) -> None:
-        self._idle.clear()
-        self._queue.put(
+        self._ops.append(
             (
                 "finish",
-                {
-                    "b_job": fire.job_id,
-                    "b_at": as_utc(fire.scheduled_at),
-                    "b_attempt": attempt,
-                    "finished_at": at,
-                    "duration": duration,
-                    "status": outcome.status,
-                    "error": outcome.error,
-                    "traceback": outcome.traceback,
-                },
+                fire.job_id,
+                as_utc(fire.scheduled_at),
+                attempt,
+                at,
+                duration,
+                outcome.status,
+                outcome.error,
+                outcome.traceback,
             )
         )
+        self._poke()
+
+    def release(self, fire: Fire) -> None:
+        """Give back the claim of a fire that was claimed ahead of its time and never started,
+        so that it is decided again."""
+        self._ops.append(("release", fire.job_id, as_utc(fire.scheduled_at), 1))
+        self._poke()
+
+    def _poke(self) -> None:
+        self._last_put = time.monotonic()
+        if not self._wake.is_set():  # one wake-up per writing cycle, not one per item
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._ops)
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything queued is written; False if the database stayed away."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.empty() and self._idle.is_set():
+            # `_inflight` is raised before the writer takes items and lowered once they are
+            # written, so "no items and nothing in flight" means all were written.
+            if not self._inflight and not self._ops:
                 return True
             time.sleep(0.01)
         return False
@@ -173,61 +266,93 @@ class Writer:
     def stop(self, timeout: float = 10.0) -> None:
         self.drain(timeout)
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
     def _loop(self) -> None:
-        pending: list[tuple[str, dict[str, Any]]] = []
+        pending: list[_Op] = []
         backoff = 0.1
-        while not (self._stop.is_set() and self._queue.empty() and not pending):
-            try:
-                pending.append(self._queue.get(timeout=self.flush_every))
-            except queue.Empty:
-                pass
-            while True:
-                try:
-                    pending.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if not pending:
-                self._idle.set()
+        while True:
+            if self._stop.is_set() and not self._ops and not pending:
+                return
+            if not self._stop.is_set():
+                self._wake.wait(self.flush_every)
+                self._wake.clear()
+            if not self._ops and not pending:
                 continue
+            # Many runs starting at once: let the burst pass before competing with it.
+            began = time.monotonic()
+            while (
+                len(self._ops) >= BURST
+                and time.monotonic() - self._last_put < self.quiet
+                and time.monotonic() - began < self.max_delay
+                and not self._stop.is_set()
+            ):
+                time.sleep(self.quiet)
+            self._inflight = True
+            while self._ops:
+                pending.append(self._ops.popleft())
             try:
                 with self.engine.begin() as conn:
                     self._write(conn, pending)
                 pending = []
                 backoff = 0.1
-                if self._queue.empty():
-                    self._idle.set()
+                self._inflight = False
             except (DBAPIError, SQLAlchemyError) as exc:
                 log.warning(
                     "history write failed, will retry in %.1fs: %s",
                     backoff,
                     str(exc).splitlines()[0],
                 )
-                if self._stop.wait(backoff):
+                if self._stop.wait(backoff):  # stop() already waited for the database
                     return
                 backoff = min(backoff * 2, 5.0)
 
-    def _write(self, conn: Connection, ops: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        starts: list[dict[str, Any]] = []
-        finishes: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            if starts:
+    def _write(self, conn: Connection, ops: Iterable[_Op]) -> None:
+        """Write a batch: an attempt that started and ended within it becomes one row write."""
+        attempts: dict[tuple[str, datetime, int], list[Any]] = {}
+        finishes: list[_Op] = []
+        releases: list[_Op] = []
+        for op in ops:
+            key = (op[1], op[2], op[3])
+            if op[0] == "release":
+                releases.append(op)
+                continue
+            if op[0] == "start":
+                attempts[key] = [op[1], op[2], op[3], op[4], None, None, Status.RUNNING, None, None]
+                continue
+            row = attempts.get(key)
+            if row is not None:
+                row[4:] = op[4:]
+            else:
+                finishes.append(op)
+        postgres = conn.dialect.name == "postgresql"
+        if attempts:
+            rows = list(attempts.values())
+            if postgres:
+                conn.exec_driver_sql(
+                    _UPSERT_PG, {**_columns(_ATTEMPT_COLUMNS, rows), "node": self.node}
+                )
+            else:
                 statement = _insert(conn)
+                excluded = statement.excluded
                 conn.execute(
                     statement.on_conflict_do_update(
                         index_elements=["job_id", "scheduled_at", "attempt"],
-                        set_={
-                            "started_at": statement.excluded.started_at,
-                            "status": Status.RUNNING,
-                            "node": self.node,
-                        },
+                        set_={name: getattr(excluded, name) for name in _ATTEMPT_COLUMNS[3:]}
+                        | {"node": excluded.node},
                     ),
-                    [{**s, "status": Status.RUNNING, "node": self.node} for s in starts],
+                    [
+                        {**dict(zip(_ATTEMPT_COLUMNS, r, strict=True)), "node": self.node}
+                        for r in rows
+                    ],
                 )
-                starts.clear()
-            if finishes:
+        if finishes:
+            # After the starts: a finish is only ever queued after its own start.
+            names = ("job_id", "scheduled_at", "attempt", *_ATTEMPT_COLUMNS[4:])
+            if postgres:
+                conn.exec_driver_sql(_FINISH_PG, _columns(names, [op[1:] for op in finishes]))
+            else:
                 conn.execute(
                     update(runs)
                     .where(_key_params())
@@ -238,18 +363,28 @@ class Writer:
                         error=bindparam("error"),
                         traceback=bindparam("traceback"),
                     ),
-                    finishes,
+                    [
+                        {
+                            "b_job": op[1],
+                            "b_at": op[2],
+                            "b_attempt": op[3],
+                            "finished_at": op[4],
+                            "duration": op[5],
+                            "status": op[6],
+                            "error": op[7],
+                            "traceback": op[8],
+                        }
+                        for op in finishes
+                    ],
                 )
-                finishes.clear()
-
-        for kind, values in ops:
-            if kind == "start":
-                if finishes:
-                    flush()
-                starts.append(values)
-            else:
-                finishes.append(values)
-        flush()
+        for op in releases:
+            conn.execute(
+                delete(runs).where(
+                    _key(op[1], op[2], op[3]),
+                    runs.c.started_at.is_(None),
+                    runs.c.status == Status.RUNNING,
+                )
+            )
 
 
 def _key_params() -> Any:

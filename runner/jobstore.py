@@ -3,14 +3,20 @@
 APScheduler 3's SQLAlchemyJobStore writes one transaction per fired job and deletes any row
 it cannot unpickle. This store reads the same `apscheduler_jobs` rows (only those the runner
 owns), keeps them in memory, reloads only what an apply changed, and writes the progress of
-next run times in one batch per scheduling pass. A row that fails to load is logged and left
-in place, never deleted.
+next run times in batches. A row that fails to load is logged and left in place, never
+deleted.
+
+Due jobs come from a heap keyed by next run time, so a scheduling pass costs what is due,
+not what is loaded: 10,000 idle jobs cost nothing per pass.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +32,31 @@ log = logging.getLogger("runner.jobstore")
 _CHUNK = 500
 
 
+def _when(job: Job) -> float | None:
+    moment = job.next_run_time
+    return moment.timestamp() if moment is not None else None
+
+
+def same_trigger(a: Any, b: Any) -> bool:
+    """Two triggers that fire at the same times (APScheduler's triggers have no __eq__)."""
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a.__getstate__() == b.__getstate__())
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """What `RunnerJobStore.fetch` read, for `swap` to install."""
+
+    keys: dict[str, tuple[str, bool | None]]
+    changed: list[str]
+    gone: list[str]
+    jobs: dict[str, Job | None]
+
+
 class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
     def __init__(self, engine: Engine) -> None:
         super().__init__()
@@ -33,7 +64,28 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
         self._jobs: dict[str, Job] = {}
         self._keys: dict[str, tuple[str, bool | None]] = {}
         self._dirty: set[str] = set()
+        # Next run times: the truth in `_due_at`, a heap of (time, id) with stale entries
+        # skipped lazily.
+        self._due_at: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
         self._lock = threading.RLock()
+
+    # --- the time index -------------------------------------------------------------------
+    def _index(self, job: Job) -> None:
+        when = _when(job)
+        if when is None:
+            self._due_at.pop(job.id, None)
+            return
+        if self._due_at.get(job.id) != when:
+            self._due_at[job.id] = when
+            heapq.heappush(self._heap, (when, job.id))
+        if len(self._heap) > 2 * len(self._due_at) + 64:
+            self._heap = [(w, i) for i, w in self._due_at.items()]
+            heapq.heapify(self._heap)
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._due_at.pop(job_id, None)
 
     # --- loading -------------------------------------------------------------------------
     def start(self, scheduler: Any, alias: str) -> None:
@@ -44,38 +96,70 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
                 job._jobstore_alias = alias
         self.reload()
 
-    def reload(self) -> set[str]:
-        """Bring the memory view in line with the database; return the ids that changed."""
+    def reload(self, ids: Iterable[str] | None = None, full: bool = False) -> set[str]:
+        """Bring the memory view in line with the database; return the ids whose spec changed."""
+        return self.swap(self.fetch(ids, full))
+
+    def fetch(self, ids: Iterable[str] | None = None, full: bool = False) -> Reloaded:
+        """Read what changed, without touching the memory view (so passes go on meanwhile).
+
+        Only rows whose spec (or operator override) changed are read; only the rows `ids`
+        names are compared when given (the ids an apply of our own touched); every row is read
+        when `full`, to take up the next run times another node advanced.
+        """
         own, aps = tables.runner_jobs, tables.apscheduler_jobs
+        wanted_ids = None if ids is None or full else list(ids)
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-            keys = {
-                row.id: (row.spec_hash, row.paused_override)
-                for row in conn.execute(select(own.c.id, own.c.spec_hash, own.c.paused_override))
-            }
+            keys: dict[str, tuple[str, bool | None]] = {}
+            statement = select(own.c.id, own.c.spec_hash, own.c.paused_override)
+            chunks = (
+                [None]
+                if wanted_ids is None
+                else [wanted_ids[i : i + _CHUNK] for i in range(0, len(wanted_ids), _CHUNK)]
+            )
+            for chunk in chunks:
+                query = statement if chunk is None else statement.where(own.c.id.in_(chunk))
+                for job_id, spec_hash, override in conn.execute(query):
+                    keys[job_id] = (spec_hash, override)
             with self._lock:
                 changed = [i for i, key in keys.items() if self._keys.get(i) != key]
-                gone = [i for i in self._keys if i not in keys]
+                scope = self._keys if wanted_ids is None else wanted_ids
+                gone = [i for i in scope if i not in keys and i in self._keys]
+            wanted = list(keys) if full else changed
             blobs: dict[str, bytes] = {}
-            for start in range(0, len(changed), _CHUNK):
-                chunk = changed[start : start + _CHUNK]
-                blobs.update(
-                    conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all()
-                )
+            for begin in range(0, len(wanted), _CHUNK):
+                chunk = wanted[begin : begin + _CHUNK]
+                for job_id, blob in conn.execute(
+                    select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))
+                ):
+                    blobs[job_id] = blob
+        jobs = {i: self._restore(i, blobs[i]) if i in blobs else None for i in wanted}
+        return Reloaded(keys, changed, gone, jobs)
+
+    def swap(self, reloaded: Reloaded) -> set[str]:
+        """Install what `fetch` read; a job whose trigger did not change keeps the later of its
+        two next run times: fires before the later one have been decided and recorded."""
         with self._lock:
-            for job_id in gone:
-                self._jobs.pop(job_id, None)
+            for job_id in reloaded.gone:
+                self._forget(job_id)
                 self._keys.pop(job_id, None)
                 self._dirty.discard(job_id)
-            for job_id in changed:
-                blob = blobs.get(job_id)
-                job = self._restore(job_id, blob) if blob is not None else None
+            for job_id, job in reloaded.jobs.items():
+                old = self._jobs.get(job_id)
                 if job is None:
-                    self._jobs.pop(job_id, None)
+                    self._forget(job_id)
                 else:
+                    job._scheduler = self._scheduler
+                    job._jobstore_alias = self._alias
+                    if old is not None and same_trigger(old.trigger, job.trigger):
+                        mine, theirs = old.next_run_time, job.next_run_time
+                        if mine is not None and theirs is not None and mine > theirs:
+                            job.next_run_time = mine
                     self._jobs[job_id] = job
-                self._keys[job_id] = keys[job_id]
+                    self._index(job)
+                self._keys[job_id] = reloaded.keys[job_id]
                 self._dirty.discard(job_id)
-        return {*changed, *gone}
+        return {*reloaded.changed, *reloaded.gone}
 
     def _restore(self, job_id: str, blob: bytes) -> Job | None:
         try:
@@ -94,6 +178,15 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
         job._jobstore_alias = self._alias
         return job
 
+    def paused(self, job_id: str) -> bool:
+        """Paused by its file or by an operator."""
+        with self._lock:
+            job, key = self._jobs.get(job_id), self._keys.get(job_id)
+        if job is None or key is None:
+            return False
+        override = key[1]
+        return bool(override if override is not None else job.args[1].get("paused", False))
+
     def spec_hash(self, job_id: str) -> str | None:
         key = self._keys.get(job_id)
         return key[0] if key else None
@@ -105,19 +198,34 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
         moment = now.timestamp()
+        due: list[Job] = []
         with self._lock:
-            due = [
-                j
-                for j in self._jobs.values()
-                if j.next_run_time is not None and j.next_run_time.timestamp() <= moment
-            ]
-        due.sort(key=lambda j: j.next_run_time)
+            heap, due_at = self._heap, self._due_at
+            keep: list[tuple[float, str]] = []
+            while heap and heap[0][0] <= moment:
+                entry = heapq.heappop(heap)
+                when, job_id = entry
+                if due_at.get(job_id) == when and job_id in self._jobs:
+                    keep.append(entry)
+            # Still due until the pass advances them: a failed pass must not lose them.
+            seen: set[str] = set()
+            for entry in keep:
+                if entry[1] not in seen:
+                    seen.add(entry[1])
+                    heapq.heappush(heap, entry)
+                    due.append(self._jobs[entry[1]])
         return due
 
     def get_next_run_time(self) -> datetime | None:
         with self._lock:
-            times = [j.next_run_time for j in self._jobs.values() if j.next_run_time is not None]
-        return min(times, key=lambda t: t.timestamp()) if times else None
+            heap = self._heap
+            while heap:
+                when, job_id = heap[0]
+                job = self._jobs.get(job_id)
+                if self._due_at.get(job_id) == when and job is not None:
+                    return job.next_run_time  # type: ignore[no-any-return]
+                heapq.heappop(heap)
+        return None
 
     def get_all_jobs(self) -> list[Job]:
         with self._lock:
@@ -144,7 +252,21 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             if job.id not in self._jobs:
                 raise JobLookupError(job.id)
             self._jobs[job.id] = job
+            self._index(job)
             self._dirty.add(job.id)
+
+    def advanced(self, job: Job) -> None:
+        """The scheduling pass moved `job.next_run_time` on; persist it with the next flush."""
+        self.advanced_many([job])
+
+    def advanced_many(self, jobs: Iterable[Job]) -> None:
+        with self._lock:
+            held = self._jobs
+            for job in jobs:
+                job_id: str = job.id
+                if held.get(job_id) is job:  # not replaced by a reload meanwhile
+                    self._index(job)
+                    self._dirty.add(job_id)
 
     def remove_job(self, job_id: str) -> None:
         # Owned jobs leave the store only through an apply; a finished one-off keeps its row.
@@ -153,14 +275,19 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             if job is None:
                 raise JobLookupError(job_id)
             job.next_run_time = None
+            self._index(job)
             self._dirty.add(job_id)
 
     def remove_all_jobs(self) -> None:
         raise NotImplementedError("jobs are removed with `runner apply`")
 
+    def pending_writes(self) -> int:
+        with self._lock:
+            return len(self._dirty)
+
     # --- write-behind -------------------------------------------------------------------
     def flush(self) -> int:
-        """Persist next run times advanced since the last flush, unless an apply replaced the job."""
+        """Persist next run times advanced since the last flush, unless an apply replaced a job."""
         with self._lock:
             dirty = [(i, self._jobs[i], self._keys[i]) for i in self._dirty if i in self._jobs]
             self._dirty.clear()

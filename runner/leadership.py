@@ -60,6 +60,10 @@ class Leadership:
     def may_start(self) -> bool:
         return time.monotonic() < self._valid_until
 
+    def valid_for(self) -> float:
+        """Seconds this node may still start runs without confirming its lease again."""
+        return max(0.0, self._valid_until - time.monotonic())
+
     @property
     def leading(self) -> bool:
         return self.may_start()
@@ -89,8 +93,8 @@ class Leadership:
             beat = beat.replace(tzinfo=UTC) if beat.tzinfo is None else beat
             if other != self.node and beat > cutoff:
                 raise AnotherNodeRunning(
-                    f"another runner serve ({other}) is using this SQLite database; SQLite supports "
-                    "one node only: stop it, or use PostgreSQL for several replicas"
+                    f"another runner serve ({other}) is using this SQLite database; SQLite "
+                    "supports one node only: stop it, or use PostgreSQL for several replicas"
                 )
 
     def heartbeat(self) -> None:

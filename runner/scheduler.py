@@ -4,30 +4,65 @@ APScheduler 3.11's own pass lets a store error outside the due-jobs query end th
 while the scheduler still reports itself running, drops coalesced fires without a trace, and
 writes each job in its own transaction. This pass decides misfires and coalescing itself,
 records every fire that will not run, claims the ones that will in one statement, and
-persists next run times in one batch.
+persists next run times in batches.
+
+A job's next run time advances only after its fires are recorded: when the database is away
+the pass fails, nothing is lost, and the fires are decided again (late, so misfire grace and
+coalescing apply) once it is back.
+
+Fires due within LOOKAHEAD seconds are claimed ahead and handed to the runtime, which starts
+them on the loop's clock at their time: the claim's round trip (and, with a thousand jobs
+due at once, the claiming itself) is not added to the firing lag. A fire claimed ahead runs
+with its job's spec as it is at its time; if the job was deleted, paused or rescheduled
+meanwhile, the claim is given back. At shutdown, unstarted claims are given back and their
+jobs rewound, so the next start decides those fires like any other.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine
+from apscheduler.schedulers.base import STATE_PAUSED
+from sqlalchemy import Connection, Engine
 
 from runner import history
 from runner.execute import Fire, Status
-from runner.jobstore import RunnerJobStore
-from runner.runtime import Runtime
+from runner.jobstore import RunnerJobStore, same_trigger
+from runner.runtime import SKIP_REASON, Runtime
 
 log = logging.getLogger("runner.scheduler")
 
 MAX_WAIT = 1.0
 """Longest sleep between passes, so leadership and store changes are noticed promptly."""
 RETRY_WAIT = 1.0
+FLUSH_EVERY = 5.0
+"""Seconds between writes of advanced next run times. Claims, not these, stop a fire from
+running twice, so a crash in between only makes the next leader re-decide (and skip) fires
+that are already recorded."""
+LOOKAHEAD = 0.3
+"""Seconds ahead of their time that fires are claimed (and then started on time)."""
+LEASE_MARGIN = 0.2
+CHUNK = 250
+"""Due jobs claimed and started per transaction."""
+FLUSH_DELAY = 0.25
+"""How long after a busy pass the deferred flush runs."""
+
+
+@dataclass(slots=True)
+class _Due:
+    job: Any
+    runnable: list[datetime]
+    next_run_time: datetime | None
+    skip: bool
+    ahead: bool = False
+    """The one fire in `runnable` is a moment away: claimed now, started at its time."""
 
 
 class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
@@ -37,17 +72,29 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         runtime: Runtime,
         node: str,
         may_start: Callable[[], bool] = lambda: True,
+        flush_every: float = FLUSH_EVERY,
+        lease_left: Callable[[], float] = lambda: float("inf"),
+        lookahead: float = LOOKAHEAD,
     ) -> None:
         super().__init__(timezone=UTC)
         self.engine = engine
         self.runtime = runtime
         self.node = node
         self.may_start = may_start
+        self.flush_every = flush_every
+        self.lease_left = lease_left
+        self.lookahead = lookahead
         self.store = RunnerJobStore(engine)
         self.add_jobstore(self.store, "default")
         self.passes = 0
         self.last_pass_error: str | None = None
         self._pass_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._ahead: dict[tuple[str, datetime], Any] = {}
+        """Trigger of each fire claimed ahead, as it was when claimed."""
+        self._ahead_lock = threading.Lock()
+        runtime.vet = self._vet
+        self._flushed_at = 0.0
 
     def _process_jobs(self) -> float:
         try:
@@ -60,110 +107,200 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             log.warning(
                 "scheduling pass failed, retrying in %.0fs: %s",
                 RETRY_WAIT,
-                str(exc).splitlines()[0],
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
             return RETRY_WAIT
 
     def _pass(self) -> float:
         self.passes += 1
-        if self.state == 2 or not self.may_start():  # STATE_PAUSED
+        if self.state == STATE_PAUSED or not self.may_start():
             return MAX_WAIT
         now = datetime.now(UTC)
-        to_claim: list[tuple[Any, datetime]] = []
-        marks: list[history.Mark] = []
-        for job in self.store.get_due_jobs(now):
-            run_times = job._get_run_times(now)
-            if not run_times:
-                continue
-            runnable = []
-            for run_time in run_times:
-                late = (now - run_time).total_seconds()
-                grace = job.misfire_grace_time
-                if grace is not None and late > grace:
-                    marks.append(
-                        history.Mark(
-                            job.id,
-                            run_time,
-                            Status.MISSED,
-                            f"missed by {late:.0f}s (misfire grace {grace}s)",
-                        )
-                    )
-                else:
-                    runnable.append(run_time)
-            if job.coalesce and len(runnable) > 1:
-                keep = runnable[-1]
-                marks.extend(
-                    history.Mark(
-                        job.id,
-                        t,
-                        Status.MISSED,
-                        f"coalesced into the run scheduled at {keep.isoformat()}",
-                    )
-                    for t in runnable[:-1]
-                )
-                runnable = [keep]
-            to_claim.extend((job, t) for t in runnable)
-            job_next = job.trigger.get_next_fire_time(run_times[-1], now)
-            job.next_run_time = job_next
-            self.store.update_job(job)
-        if to_claim or marks:
-            with self.engine.begin() as conn:
-                won = history.claim(conn, [(job.id, t) for job, t in to_claim], self.node)
-                history.mark(conn, marks, self.node)
-            skipped = []
-            for job, run_time in to_claim:
-                if (job.id, run_time.astimezone(UTC)) not in won:
-                    log.info(
-                        "fire of %s at %s already claimed; not running it",
-                        job.id,
-                        run_time.isoformat(),
-                    )
-                    continue
-                spec = job.args[1]
-                fire = Fire(job.id, spec, run_time)
-                if not self.runtime.try_submit(fire, job.max_instances):
-                    skipped.append(fire)
-            if skipped:
-                self._record_skipped(skipped)
-        self.store.flush()
+        # Fires due within the look-ahead are claimed now and started on time by the loop, so
+        # the claim's round trip is not added to their lag. Never beyond the lease: a fire is
+        # only claimed ahead if this node is sure to still lead when it is due.
+        ahead = max(0.0, min(self.lookahead, self.lease_left() - LEASE_MARGIN))
+        horizon = now + timedelta(seconds=ahead)
+        due_jobs = self.store.get_due_jobs(horizon)
+        if due_jobs:
+            # In chunks: the first runs start while later chunks are still being claimed (the
+            # database round trip of one overlaps the start-up of the previous). One
+            # connection for the pass: each checkout from the pool costs a ping.
+            with self.engine.connect() as conn:
+                for begin in range(0, len(due_jobs), CHUNK):
+                    self._run_chunk(conn, due_jobs[begin : begin + CHUNK], now, horizon)
+        cap = self._flush_if_due(busy=bool(due_jobs))
         next_time = self.store.get_next_run_time()
         if next_time is None:
-            return MAX_WAIT
-        return max(0.0, min(MAX_WAIT, (next_time - datetime.now(UTC)).total_seconds()))
+            return cap
+        until = (next_time - datetime.now(UTC)).total_seconds() - ahead
+        return max(0.0, min(cap, until))
 
-    def _record_skipped(self, fires: list[Fire]) -> None:
-        from sqlalchemy import update
+    def _run_chunk(
+        self, conn: Connection, jobs: list[Any], now: datetime, horizon: datetime
+    ) -> None:
+        due: list[_Due] = []
+        claims: list[tuple[str, datetime]] = []
+        marks: list[history.Mark] = []
+        for job in jobs:
+            # APScheduler's Job._get_run_times, keeping the first time after `now` as the next.
+            run_times = []
+            trigger = job.trigger
+            moment = job.next_run_time
+            while moment is not None and moment <= now:
+                run_times.append(moment)
+                moment = trigger.get_next_fire_time(moment, now)
+            if not run_times:
+                if moment is not None and moment <= horizon:
+                    claims.append((job.id, moment))
+                    following = trigger.get_next_fire_time(moment, moment)
+                    due.append(_Due(job, [moment], following, False, ahead=True))
+                continue
+            runnable = self._triage(job, run_times, now, marks)
+            skip = bool(runnable) and self.runtime.running(job.id) >= job.max_instances
+            if skip:
+                marks.extend(history.Mark(job.id, t, Status.SKIPPED, SKIP_REASON) for t in runnable)
+            else:
+                claims.extend((job.id, t) for t in runnable)
+            due.append(_Due(job, runnable, moment, skip))
+        won: set[tuple[str, datetime]] = set()
+        if claims or marks:
+            # Record before advancing: if this fails, the jobs stay due and the pass is retried.
+            with conn.begin():
+                won = history.claim(conn, claims, self.node)
+                history.mark(conn, marks, self.node)
+        for item in due:
+            item.job.next_run_time = item.next_run_time
+        self.store.advanced_many([item.job for item in due])
+        batch: list[tuple[list[Fire], int]] = []
+        later: dict[datetime, list[tuple[Fire, int]]] = {}
+        known = 0
+        for item in due:
+            job_id = item.job.id
+            if item.skip:
+                for moment in item.runnable:
+                    log.warning("run of %s at %s skipped: %s", job_id, moment, SKIP_REASON)
+                continue
+            fires = []
+            for moment in item.runnable:
+                if (job_id, moment.astimezone(UTC)) in won:
+                    fires.append(Fire(job_id, item.job.args[1], moment))
+                else:
+                    known += 1
+            if not fires:
+                continue
+            if item.ahead:
+                later.setdefault(fires[0].scheduled_at, []).append(
+                    (fires[0], item.job.max_instances)
+                )
+            else:
+                batch.append((fires, item.job.max_instances))
+        if known:
+            # After a crash or a change of leader: fires decided before the last flush.
+            log.info("%d fire(s) already recorded; not running them again", known)
+        if batch:
+            # Only this thread submits, and it checked the limits above: none is refused.
+            self.runtime.submit_batch(batch)
+        if later:
+            with self._ahead_lock:
+                for fires_at in later.values():
+                    for fire, _ in fires_at:
+                        held = self.store.lookup_job(fire.job_id)
+                        self._ahead[(fire.job_id, fire.scheduled_at)] = held and held.trigger
+        for when, fires_at in later.items():
+            self.runtime.submit_at(when, fires_at)
 
-        runs = history.runs
-        with self.engine.begin() as conn:
+    def _vet(self, fire: Fire) -> Fire | None:
+        """At its time, a fire claimed ahead runs with its job's current spec, unless the job
+        was deleted, paused or given another trigger meanwhile."""
+        with self._ahead_lock:
+            trigger = self._ahead.pop((fire.job_id, fire.scheduled_at), None)
+        job = self.store.lookup_job(fire.job_id)
+        if job is None:
+            return None
+        spec = job.args[1]
+        if spec is fire.spec:
+            return fire
+        if self.store.paused(fire.job_id) or not same_trigger(trigger, job.trigger):
+            return None
+        return Fire(fire.job_id, spec, fire.scheduled_at)
+
+    def rewind(self, fires: list[Fire]) -> None:
+        """Fires claimed ahead that will not start (shutdown): make their jobs due at them
+        again, so the next start decides them (their claims are released)."""
+        with self._pass_lock:
+            jobs = []
             for fire in fires:
-                log.warning(
-                    "run of %s at %s skipped: previous run still going (max_instances)",
-                    fire.job_id,
-                    fire.scheduled_at.isoformat(),
-                )
-                conn.execute(
-                    update(runs)
-                    .where(
-                        runs.c.job_id == fire.job_id,
-                        runs.c.scheduled_at == history.as_utc(fire.scheduled_at),
-                        runs.c.attempt == 1,
-                    )
-                    .values(
-                        status=Status.SKIPPED,
-                        error="previous run still going (max_instances)",
-                        finished_at=datetime.now(UTC),
-                    )
-                )
+                if self._vet(fire) is None:
+                    continue  # deleted, paused or rescheduled meanwhile: nothing to redo
+                job = self.store.lookup_job(fire.job_id)
+                if job is None:
+                    continue
+                if job.next_run_time is None or job.next_run_time > fire.scheduled_at:
+                    job.next_run_time = fire.scheduled_at
+                    jobs.append(job)
+            self.store.advanced_many(jobs)
 
-    def refresh(self) -> None:
-        """Reload what an apply changed and run a pass now."""
-        changed = self.store.reload()
+    @staticmethod
+    def _triage(
+        job: Any, run_times: list[datetime], now: datetime, marks: list[history.Mark]
+    ) -> list[datetime]:
+        """The fires that will run; the others go to `marks` as missed."""
+        runnable = []
+        grace = job.misfire_grace_time
+        for run_time in run_times:
+            late = (now - run_time).total_seconds()
+            if grace is not None and late > grace:
+                marks.append(
+                    history.Mark(
+                        job.id,
+                        run_time,
+                        Status.MISSED,
+                        f"missed by {late:.0f}s (misfire grace {grace}s)",
+                    )
+                )
+            else:
+                runnable.append(run_time)
+        if job.coalesce and len(runnable) > 1:
+            keep = runnable[-1]
+            marks.extend(
+                history.Mark(
+                    job.id,
+                    t,
+                    Status.MISSED,
+                    f"coalesced into the run scheduled at {keep.isoformat()}",
+                )
+                for t in runnable[:-1]
+            )
+            runnable = [keep]
+        return runnable
+
+    def _flush_if_due(self, busy: bool) -> float:
+        """Write advanced next run times every `flush_every` seconds, but not in a pass that
+        just started runs (they are starting now); returns how soon to come back."""
+        since = time.monotonic() - self._flushed_at
+        if since < self.flush_every:
+            return MAX_WAIT
+        if busy and since < 3 * self.flush_every:
+            return self.lookahead + FLUSH_DELAY  # after the runs claimed ahead have started
+        self._flushed_at = time.monotonic()
+        self.store.flush()
+        return MAX_WAIT
+
+    def flush(self) -> int:
+        """Persist advanced next run times now (at shutdown)."""
+        with self._pass_lock:
+            self._flushed_at = time.monotonic()
+            return self.store.flush()
+
+    def refresh(self, ids: Iterable[str] | None = None, full: bool = False) -> None:
+        """Reload what an apply changed (only `ids` when given, everything when `full`) and
+        run a pass now."""
+        with self._refresh_lock:  # one at a time, so an older read never lands last
+            reloaded = self.store.fetch(ids, full)
+            with self._pass_lock:  # never swap a job out from under a pass
+                changed = self.store.swap(reloaded)
         if changed:
             log.info("store changed: %d job(s) reloaded", len(changed))
         if self.running:
             self.wakeup()
-
-
-def horizon(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -48,16 +51,23 @@ class Server:
         self.node = node_name()
         self.engine: Engine = connect(options.db_url)
         self.stopping = threading.Event()
+        self.aborting = threading.Event()
         self.files = FileSet(list(options.paths))
         self.writer = history.Writer(self.engine, self.node)
         self.runtime = Runtime(self.writer)
         self.leadership = Leadership(self.engine, self.node)
         self.scheduler = RunnerScheduler(
-            self.engine, self.runtime, self.node, self.leadership.may_start
+            self.engine,
+            self.runtime,
+            self.node,
+            self.leadership.may_start,
+            lease_left=self.leadership.valid_for,
         )
         self.last_reconcile_error: str | None = None
         self.reconciles = 0
         self._reconcile_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._threads: list[threading.Thread] = []
 
     # --- start-up ----------------------------------------------------------------------
@@ -75,8 +85,10 @@ class Server:
     def reconcile(self, changed: set[str] | None = None) -> None:
         """Re-read what changed and apply it; a broken file keeps its last good jobs."""
         with self._reconcile_lock:
-            self.files.refresh(changed)
+            began = time.perf_counter()
+            present = self.files.refresh(changed)
             desired, problems = self.files.desired()
+            read = time.perf_counter()
             self.reconciles += 1
             if problems:
                 self.last_reconcile_error = str(problems[0])
@@ -85,28 +97,47 @@ class Server:
                 return
             try:
                 plan, applied = reconcile.apply(self.engine, desired)
+                wrote = time.perf_counter()
             except StoreError as exc:
                 self.last_reconcile_error = str(exc)
                 log.error("apply failed: %s", exc)
                 return
-            self.last_reconcile_error = None
+            # A broken file whose last good version is kept is still worth reporting.
+            self.last_reconcile_error = str(present[0]) if present else None
             if applied:
                 for line in plan.text_lines():
                     log.info("apply: %s", line)
-                self.scheduler.refresh()
+                touched = [*plan.create, *(u.id for u in plan.update), *plan.delete]
+                self.scheduler.refresh(ids=touched)
+                log.info(
+                    "applied in %.0f ms (read files %.0f ms, apply %.0f ms, reload %.0f ms)",
+                    (time.perf_counter() - began) * 1000,
+                    (read - began) * 1000,
+                    (wrote - read) * 1000,
+                    (time.perf_counter() - wrote) * 1000,
+                )
 
     def run(self) -> int:
         """Serve in the foreground until SIGTERM or SIGINT."""
         self._install_signals()
         if not self.start():
             return 0
+        # Everything loaded so far lives as long as the process: keep the cyclic garbage
+        # collector from walking it again and again (its pauses would delay fires). Only
+        # here, in a process of our own: an application embedding the runner keeps its GC.
+        gc.collect()
+        gc.freeze()
         self.stopping.wait()
-        return self._shutdown()
+        return self.stop()
 
     def stop(self) -> int:
-        """Stop a server started with `start` (embedding) gracefully."""
+        """Stop gracefully (no new runs; running ones get the grace period). Idempotent."""
         self.stopping.set()
-        return self._shutdown()
+        with self._stop_lock:
+            if self._stopped:
+                return 0
+            self._stopped = True
+            return self._shutdown()
 
     def start(self) -> bool:
         """Start every part in background threads; False if asked to stop while waiting."""
@@ -157,7 +188,12 @@ class Server:
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: Any) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if self.stopping.is_set():
+                log.warning("received %s again: interrupting running jobs now", name)
+                self.aborting.set()
+                return
+            log.info("received %s: stopping", name)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
@@ -200,7 +236,8 @@ class Server:
                     log.warning(
                         "closed %d run(s) left running by stopped node(s) as interrupted", closed
                     )
-        self.scheduler.refresh()
+        # Take up the next run times the previous leader advanced.
+        self.scheduler.refresh(full=True)
 
     def _change_loop(self) -> None:
         """Notice applies made elsewhere: LISTEN on PostgreSQL, a cheap poll everywhere."""
@@ -265,23 +302,35 @@ class Server:
     # --- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:
         log.info(
-            "stopping: no new runs; waiting up to %.0fs for %d running",
+            "stopping: no new runs; waiting up to %gs for %d running",
             self.options.grace,
             self.runtime.active(),
         )
+        was_leading = self.leadership.leading
         self.leadership.lose()
-        try:
+        with contextlib.suppress(Exception):  # already stopped
             self.scheduler.shutdown(wait=False)
-        except Exception:  # already stopped
-            pass
-        try:
-            self.scheduler.store.flush()
-        except Exception as exc:
-            log.warning("could not save next run times: %s", str(exc).splitlines()[0])
-        cancelled = self.runtime.stop(self.options.grace)
+        # Fires claimed ahead of their time that now will not start: decided again next time.
+        unstarted = self.runtime.cancel_pending()
+        if unstarted:
+            log.info(
+                "%d fire(s) claimed ahead of their time will be decided at the next start",
+                len(unstarted),
+            )
+            self.scheduler.rewind(unstarted)
+            for fire in unstarted:
+                self.writer.release(fire)
+        if was_leading:  # a standby's view of next run times is older than the store's
+            try:
+                self.scheduler.flush()
+            except Exception as exc:
+                log.warning("could not save next run times: %s", str(exc).splitlines()[0])
+        cancelled = self.runtime.stop(self.options.grace, self.aborting)
         if cancelled:
             log.warning("%d run(s) interrupted at shutdown", cancelled)
-        self.writer.stop()
+        if not self.writer.drain(10.0):
+            log.error("could not write all run history before exiting: the database is away")
+        self.writer.stop(0.0)
         self.leadership.resign()
         self.engine.dispose()
         log.info("stopped")
@@ -289,4 +338,17 @@ class Server:
 
 
 def serve(options: Options) -> int:
-    return Server(options).run()
+    server = Server(options)
+    code = server.run()
+    stuck = server.runtime.busy_threads()
+    if stuck:
+        # Python cannot stop a thread, and would wait for it at exit: leave without it.
+        log.warning(
+            "%d sync job thread(s) still running after the grace period; exiting without them",
+            stuck,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,740 @@
+"""`runner serve` as operators run it: a real subprocess on a real PostgreSQL database.
+
+Every wait polls with a deadline. Jobs fire every second, so each test takes a few seconds.
+The PostgreSQL restart test restarts the shared server: it is the last test of this file and
+waits until the server answers again.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pgserver
+import pytest
+from serve_helpers import (
+    Calls,
+    History,
+    ServeProcess,
+    base_env,
+    job_file,
+    runner_cli,
+    wait_until,
+    write_atomic,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+RUN_KEYS = {
+    "run_id",
+    "job_id",
+    "scheduled_at",
+    "started_at",
+    "finished_at",
+    "status",
+    "attempt",
+    "error",
+    "node",
+}
+STATUSES = {"running", "succeeded", "failed", "timed_out", "interrupted", "missed", "skipped"}
+
+
+@dataclass
+class Ctx:
+    root: Path
+    db_url: str
+    env: dict[str, str]
+    calls: Calls
+    history: History
+    jobs: Path
+    procs: list[ServeProcess] = field(default_factory=list)
+
+    def serve(self, *extra: str, paths: list[str] | None = None) -> ServeProcess:
+        proc = ServeProcess(
+            paths or [str(self.jobs)], self.db_url, self.env, self.root, list(extra)
+        )
+        self.procs.append(proc)
+        proc.start()
+        proc.wait_ready()
+        return proc
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return runner_cli([*args, "--db", self.db_url], self.env, self.root, timeout)
+
+    def write(self, name: str, content: str) -> Path:
+        path = self.jobs / name
+        path.write_text(content, encoding="utf-8")
+        return path
+
+    def stored_ids(self) -> set[str]:
+        with self.history.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT id FROM runner_jobs").all()
+        return {r[0] for r in rows}
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, pg_url: str) -> Iterator[Ctx]:
+    jobs = tmp_path / "jobs.d"
+    jobs.mkdir()
+    calls_path = tmp_path / "calls.jsonl"
+    context = Ctx(
+        root=tmp_path,
+        db_url=pg_url,
+        env=base_env(calls_path),
+        calls=Calls(calls_path),
+        history=History(pg_url),
+        jobs=jobs,
+    )
+    try:
+        yield context
+    finally:
+        for proc in context.procs:
+            proc.kill()
+        context.history.close()
+
+
+def at_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+def wait_calls(
+    ctx: Ctx, name: str, count: int, timeout: float = 10, **match: Any
+) -> list[dict[str, Any]]:
+    def probe() -> list[dict[str, Any]] | None:
+        found = ctx.calls.named(name, **match)
+        return found if len(found) >= count else None
+
+    return wait_until(probe, timeout, 0.02, f"{count} call(s) of {name} {match or ''}")
+
+
+def wait_runs(
+    ctx: Ctx, job: str, status: str, count: int = 1, timeout: float = 10
+) -> list[dict[str, Any]]:
+    def probe() -> list[dict[str, Any]] | None:
+        rows = ctx.history.with_status(status, job)
+        return rows if len(rows) >= count else None
+
+    return wait_until(probe, timeout, what=f"{count} {status} run(s) of {job}")
+
+
+def assert_every_fire_recorded(rows: list[dict[str, Any]], step: float = 1.0) -> None:
+    """First attempts form an unbroken series of fires `step` seconds apart, none twice."""
+    firsts = sorted(r["scheduled_at"] for r in rows if r["attempt"] == 1)
+    assert len(firsts) == len(set(firsts)), "a fire was recorded twice"
+    for before, after in itertools.pairwise(firsts):
+        gap = (after - before).total_seconds()
+        assert abs(gap - step) < 0.01, f"fires {before} and {after} are {gap}s apart: one is lost"
+
+
+# --- running and recording ----------------------------------------------------------------
+
+
+def test_interval_jobs_run_and_are_recorded(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: sync-tick, target: 'sampleapp.jobs:tick', kwargs: {label: s},"
+            " trigger: {interval: 1}",
+            "id: async-tick, target: 'sampleapp.jobs:async_tick', kwargs: {label: a},"
+            " trigger: {interval: 1s}",
+        ),
+    )
+    serve = ctx.serve()
+    wait_runs(ctx, "sync-tick", "succeeded", 2)
+    wait_runs(ctx, "async-tick", "succeeded", 2)
+    # The async target really ran (APScheduler 3 would only create its coroutine).
+    assert ctx.calls.named("async_tick", label="a")
+    assert ctx.calls.named("tick", label="s")
+
+    out = ctx.cli("runs", "--output", "json", "--limit", "100")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert rows and all(set(r) == RUN_KEYS for r in rows)
+    assert [r["run_id"] for r in rows] == sorted((r["run_id"] for r in rows), reverse=True)
+    done = [r for r in rows if r["status"] == "succeeded"]
+    for row in done:
+        assert row["status"] in STATUSES and row["attempt"] == 1 and row["error"] is None
+        scheduled, started, finished = (
+            parse(row[k]) for k in ("scheduled_at", "started_at", "finished_at")
+        )
+        assert scheduled.utcoffset() is not None
+        assert scheduled <= started <= finished
+        assert (started - scheduled).total_seconds() < 0.5
+        assert row["node"]
+    sync = sorted(parse(r["scheduled_at"]) for r in done if r["job_id"] == "sync-tick")
+    assert (sync[1] - sync[0]).total_seconds() == pytest.approx(1.0, abs=0.001)
+
+    one = json.loads(ctx.cli("runs", "--job", "async-tick", "--limit", "1", "-o", "json").stdout)
+    assert len(one) == 1 and one[0]["job_id"] == "async-tick"
+    jobs = json.loads(ctx.cli("jobs", "-o", "json").stdout)
+    assert {j["id"] for j in jobs} == {"sync-tick", "async-tick"}
+    assert all(j["last_status"] == "succeeded" and j["next_run_time"] for j in jobs)
+    assert serve.stop() == 0
+    assert "Traceback" not in serve.log()
+
+
+# --- following the files --------------------------------------------------------------------
+
+
+def _write_just_after_a_fire(ctx: Ctx, name: str, label: str, content: str) -> float:
+    """Write `content` right after a run of `label` is seen; return the write time."""
+    seen = len(ctx.calls.named("tick", label=label))
+    wait_calls(ctx, "tick", seen + 1, label=label)
+    written = time.time()
+    ctx.write(name, content)
+    return written
+
+
+def test_edited_file_is_in_effect_within_a_second(ctx: Ctx) -> None:
+    def ticking(label: str) -> str:
+        return job_file(
+            f"id: edit-me, target: 'sampleapp.jobs:tick', kwargs: {{label: {label}}},"
+            " trigger: {interval: 1}"
+        )
+
+    ctx.write("a.yaml", ticking("v1"))
+    ctx.write(
+        "b.yaml",
+        job_file(
+            "id: resched, target: 'sampleapp.jobs:tick', kwargs: {label: r}, "
+            "trigger: {interval: 1h}"
+        ),
+    )
+    serve = ctx.serve()
+
+    # New kwargs: the very next fire (at most 1 s after the write) uses them.
+    for old, new in (("v1", "v2"), ("v2", "v3")):
+        mark = serve.mark()
+        written = _write_just_after_a_fire(ctx, "a.yaml", old, ticking(new))
+        first_new = wait_calls(ctx, "tick", 1, label=new)[0]
+        latency = parse(first_new["at"]).timestamp() - written
+        assert latency <= 1.0, f"new kwargs took {latency:.3f}s"
+        applied = serve.wait_for_log(r"apply: ~ update edit-me \(kwargs.label: ", since=mark)
+        assert applied.at - written < 0.5
+        assert not [
+            c
+            for c in ctx.calls.named("tick", label=old)
+            if parse(c["at"]).timestamp() > written + 0.5
+        ]
+
+    # New schedule: from hourly to every second, fires at the next second after the write.
+    while time.time() % 1 > 0.2:  # write early in a second, so its next second is < 1 s away
+        time.sleep(0.01)
+    written = time.time()
+    write_atomic(
+        ctx.jobs / "b.yaml",
+        job_file(
+            "id: resched, target: 'sampleapp.jobs:tick', kwargs: {label: r}, "
+            "trigger: {cron: '* * * * * *'}"
+        ),
+    )
+    first = wait_runs(ctx, "resched", "succeeded", 1)[0]
+    # Its first fire after the write (under 1 s later) ran, on time.
+    assert first["scheduled_at"].timestamp() - written <= 1.0
+    assert (first["started_at"] - first["scheduled_at"]).total_seconds() < 0.2
+    wait_calls(ctx, "tick", 3, label="r")
+    assert serve.stop() == 0
+
+
+def test_broken_file_keeps_old_jobs_and_reports_where(ctx: Ctx) -> None:
+    good = job_file(
+        "id: steady, target: 'sampleapp.jobs:tick', kwargs: {label: old}, trigger: {interval: 1}"
+    )
+    path = ctx.write("a.yaml", good)
+    serve = ctx.serve()
+    wait_calls(ctx, "tick", 1, label="old")
+
+    mark = serve.mark()
+    broken = (
+        "jobs:\n"
+        "  - id: steady\n"
+        "    target: sampleapp.jobs:tick\n"
+        "    kwargs: {label: new}\n"
+        "    trigger: {interval: 1}\n"
+        "    retires: {max_attempts: 2}\n"
+    )
+    path.write_text(broken, encoding="utf-8")
+    line = serve.wait_for_log(r"a\.yaml:6:\d+: job steady: .*retires", since=mark)
+    assert str(path) in line.text and "did you mean 'retries'" in line.text
+    # The old version keeps running, unchanged.
+    count = len(ctx.calls.named("tick", label="old"))
+    wait_calls(ctx, "tick", count + 2, label="old")
+    assert not ctx.calls.named("tick", label="new")
+    assert ctx.stored_ids() == {"steady"}
+
+    # A YAML syntax error is reported with its line too.
+    mark = serve.mark()
+    path.write_text("jobs:\n  - id: steady\n    target: [unclosed\n", encoding="utf-8")
+    serve.wait_for_log(r"a\.yaml:\d+:\d+: .*YAML", since=mark)
+    count = len(ctx.calls.named("tick", label="old"))
+    wait_calls(ctx, "tick", count + 1, label="old")
+
+    # Fixing the file applies the fix.
+    path.write_text(good.replace("label: old", "label: fixed"), encoding="utf-8")
+    wait_calls(ctx, "tick", 1, label="fixed")
+    assert "- delete" not in serve.log()
+    assert serve.stop() == 0
+
+
+def test_deleted_file_removes_its_jobs_but_editor_saves_never_do(ctx: Ctx) -> None:
+    def tick(job: str, label: str) -> str:
+        return job_file(
+            f"id: {job}, target: 'sampleapp.jobs:tick', kwargs: {{label: {label}}},"
+            " trigger: {interval: 1}"
+        )
+
+    a = ctx.write("a.yaml", tick("job-a", "a0"))
+    b = ctx.write("b.yaml", tick("job-b", "b0"))
+    serve = ctx.serve()
+    wait_calls(ctx, "tick", 1, label="b0")
+
+    for n in range(1, 4):
+        # Atomic save: write a temporary file, rename it over the job file.
+        write_atomic(a, tick("job-a", f"a{n}"))
+        # Truncate, then write: the file is empty for a moment.
+        with b.open("r+", encoding="utf-8") as handle:
+            handle.truncate(0)
+            handle.flush()
+            os.fsync(handle.fileno())
+            time.sleep(0.15)  # an editor that is slow to write: the watcher sees the empty file
+            handle.write(tick("job-b", f"b{n}"))
+        wait_calls(ctx, "tick", 1, label=f"a{n}")
+        wait_calls(ctx, "tick", 1, label=f"b{n}")
+    assert ctx.stored_ids() == {"job-a", "job-b"}
+    assert "- delete" not in serve.log()
+    serve.wait_for_log(r"b\.yaml:1:1: .*delete the file to remove its jobs")
+
+    mark = serve.mark()
+    deleted = time.time()
+    b.unlink()
+    serve.wait_for_log(r"apply: - delete job-b", since=mark, timeout=5)
+    wait_until(lambda: ctx.stored_ids() == {"job-a"}, 5, what="job-b gone from the store")
+    removed = time.time()
+    assert removed - deleted < 2.5
+    # job-b does not run any more; job-a does.
+    count = len(ctx.calls.named("tick", label="a3"))
+    wait_calls(ctx, "tick", count + 2, label="a3")
+    late_b = [
+        c for c in ctx.calls.named("tick", label="b3") if parse(c["at"]).timestamp() > removed
+    ]
+    assert not late_b
+    assert serve.stop() == 0
+
+
+def test_apply_from_elsewhere_takes_effect_without_restart(ctx: Ctx) -> None:
+    def tick(label: str, extra: str = "") -> str:
+        jobs = [
+            f"id: remote, target: 'sampleapp.jobs:tick', kwargs: {{label: {label}}},"
+            " trigger: {interval: 1}"
+        ]
+        if extra:
+            jobs.append(extra)
+        return job_file(*jobs)
+
+    path = ctx.write("a.yaml", tick("r1"))
+    serve = ctx.serve("--no-watch")
+    wait_calls(ctx, "tick", 1, label="r1")
+
+    # Another machine applies an edited copy of the files.
+    elsewhere = ctx.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.yaml").write_text(
+        tick(
+            "r2",
+            "id: added, target: 'sampleapp.jobs:tick', kwargs: {label: new},"
+            " trigger: {cron: '* * * * * *'}",
+        ),
+        encoding="utf-8",
+    )
+    count = len(ctx.calls.named("tick", label="r1"))
+    wait_calls(ctx, "tick", count + 1, label="r1")
+    mark = serve.mark()
+    started = time.time()
+    result = ctx.cli("apply", str(elsewhere))
+    applied = time.time()
+    assert result.returncode == 0, result.stderr
+    assert "~ update remote" in result.stdout and "+ create added" in result.stdout
+    reloaded = serve.wait_for_log(r"store changed: 2 job\(s\) reloaded", since=mark)
+    assert reloaded.at - applied < 1.0
+    first_new = parse(wait_calls(ctx, "tick", 1, label="r2")[0]["at"]).timestamp()
+    assert first_new - started <= 1.0 + (applied - started)
+    wait_calls(ctx, "tick", 2, label="new")
+    assert path.read_text(encoding="utf-8") == tick("r1")  # serve did not touch its files
+    assert serve.stop() == 0
+
+
+# --- downtime, misfires, coalescing -----------------------------------------------------------
+
+
+def test_downtime_obeys_misfire_grace_and_coalesce(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: coalesced, target: 'sampleapp.jobs:tick', kwargs: {label: co},"
+            " trigger: {interval: 1}, coalesce: true, misfire_grace_time: 1m",
+            "id: each, target: 'sampleapp.jobs:tick', kwargs: {label: each},"
+            " trigger: {interval: 1}, coalesce: false, misfire_grace_time: 1m",
+            "id: tight, target: 'sampleapp.jobs:tick', kwargs: {label: tight},"
+            " trigger: {interval: 1}, coalesce: false, misfire_grace_time: 1",
+        ),
+    )
+    serve = ctx.serve()
+    for job in ("coalesced", "each", "tight"):
+        wait_runs(ctx, job, "succeeded", 1)
+    assert serve.stop() == 0
+    stopped = datetime.now(UTC)
+    before = {job: len(ctx.history.runs(job)) for job in ("coalesced", "each", "tight")}
+    last_before = {
+        job: max(r["scheduled_at"] for r in ctx.history.runs(job))
+        for job in ("coalesced", "each", "tight")
+    }
+    # Down long enough that at least four fires of each job are missed.
+    wait_until(lambda: datetime.now(UTC) - stopped > timedelta(seconds=4.2), 6, what="downtime")
+    serve = ctx.serve()
+    restarted = datetime.now(UTC)
+    wait_runs(ctx, "coalesced", "missed", 3)
+    wait_runs(ctx, "tight", "missed", 2)
+    wait_until(
+        lambda: len(ctx.history.with_status("succeeded", "each")) >= before["each"] + 5,
+        10,
+        what="every missed fire of `each` to run",
+    )
+
+    # And one more regular fire of each after the catch-up.
+    def ran_after(job: str, last: datetime) -> bool:
+        return any(
+            r["scheduled_at"] > last and r["status"] == "succeeded" for r in ctx.history.runs(job)
+        )
+
+    for job in ("coalesced", "each", "tight"):
+        last = ctx.history.runs(job)[-1]["scheduled_at"]
+        wait_until(functools.partial(ran_after, job, last), 5, what=f"a regular run of {job}")
+    assert serve.stop() == 0
+
+    def during_downtime(job: str) -> list[dict[str, Any]]:
+        return [
+            r for r in ctx.history.runs(job) if last_before[job] < r["scheduled_at"] < restarted
+        ]
+
+    # coalesce: the fires missed during downtime ran once; the others are `missed`.
+    down = during_downtime("coalesced")
+    assert len(down) >= 4
+    assert [r["status"] for r in down[:-1]] == ["missed"] * (len(down) - 1)
+    assert all("coalesced" in r["error"] for r in down[:-1])
+    assert down[-1]["status"] == "succeeded"
+    # no coalescing, generous grace: every missed fire ran, late.
+    down = during_downtime("each")
+    assert len(down) >= 4 and {r["status"] for r in down} == {"succeeded"}
+    # grace of 1 s: fires later than that are `missed`, the rest ran.
+    down = during_downtime("tight")
+    assert len(down) >= 4
+    for row in down:
+        late = (row["started_at"] or row["finished_at"]) - row["scheduled_at"]
+        if row["status"] == "missed":
+            assert "misfire grace 1s" in row["error"]
+        else:
+            assert row["status"] == "succeeded" and late.total_seconds() <= 1.0
+    assert {r["status"] for r in down} >= {"missed"}
+    for job in ("coalesced", "each", "tight"):
+        assert_every_fire_recorded(ctx.history.runs(job))
+
+
+def test_stop_just_before_a_fire_loses_nothing(ctx: Ctx) -> None:
+    # Fires are claimed a moment ahead of their time; a stop in that moment gives the claim
+    # back, and the next start decides the fire like any other missed during downtime.
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: edge, target: 'sampleapp.jobs:tick', kwargs: {label: e}, trigger: {interval: 1}"
+        ),
+    )
+    serve = ctx.serve()
+    rows = wait_runs(ctx, "edge", "succeeded", 2)
+    upcoming = max(r["scheduled_at"] for r in rows) + timedelta(seconds=1)
+    while upcoming - datetime.now(UTC) < timedelta(seconds=0.3):
+        upcoming += timedelta(seconds=1)
+    wait_until(
+        lambda: upcoming - datetime.now(UTC) < timedelta(seconds=0.18), 3, 0.005, "the moment"
+    )
+    assert serve.stop() == 0
+    assert "1 fire(s) claimed ahead of their time will be decided at the next start" in serve.log()
+    assert datetime.now(UTC) < upcoming + timedelta(seconds=0.5)
+    left = [r for r in ctx.history.runs("edge") if r["scheduled_at"] >= upcoming]
+    assert all(r["status"] != "running" for r in left), left
+    serve = ctx.serve()
+    wait_until(
+        lambda: any(
+            r["scheduled_at"] > upcoming and r["status"] == "succeeded"
+            for r in ctx.history.runs("edge")
+        ),
+        5,
+        what="runs after the restart",
+    )
+    assert serve.stop() == 0
+    rows = ctx.history.runs("edge")
+    assert_every_fire_recorded(rows)
+    assert not [r for r in rows if r["status"] == "running"]
+    (fire,) = [r for r in rows if r["scheduled_at"] == upcoming]
+    assert fire["status"] in ("succeeded", "missed")
+
+
+# --- stopping ---------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_a_running_job_finish_within_grace(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: long, target: 'sampleapp.jobs:async_slow', kwargs: {seconds: 2, label: g},"
+            f" trigger: {{at: '{at_iso(datetime.now(UTC))}'}}",
+        ),
+    )
+    serve = ctx.serve()
+    wait_calls(ctx, "async_slow_start", 1, label="g")
+    sent = time.monotonic()
+    serve.send(signal.SIGTERM)
+    assert serve.wait_exit(10) == 0
+    assert time.monotonic() - sent < 4
+    assert ctx.calls.named("async_slow_end", label="g")
+    (run,) = ctx.history.runs("long")
+    assert run["status"] == "succeeded"
+    assert "waiting up to 30s for 1 running" in serve.log()
+
+
+def test_sigterm_with_short_grace_records_interrupted(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: long-async, target: 'sampleapp.jobs:async_slow', kwargs: {seconds: 60},"
+            f" trigger: {{at: '{at_iso(datetime.now(UTC))}'}}",
+            "id: long-sync, target: 'sampleapp.jobs:slow', kwargs: {seconds: 60},"
+            f" trigger: {{at: '{at_iso(datetime.now(UTC))}'}}",
+        ),
+    )
+    serve = ctx.serve("--grace", "0.5")
+    wait_calls(ctx, "async_slow_start", 1)
+    wait_calls(ctx, "slow_start", 1)
+    sent = time.monotonic()
+    serve.send(signal.SIGTERM)
+    # A sync job cannot be killed, but the runner does not wait for it past the grace period.
+    assert serve.wait_exit(10) == 0
+    assert time.monotonic() - sent < 4
+    for job in ("long-async", "long-sync"):
+        (run,) = ctx.history.runs(job)
+        assert run["status"] == "interrupted", run
+        assert run["finished_at"] is not None
+    assert not ctx.calls.named("async_slow_end")
+
+
+# --- attempts ---------------------------------------------------------------------------------
+
+
+def test_retries_are_attempts_with_backoff_waits(ctx: Ctx) -> None:
+    now = datetime.now(UTC)
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: flaky, target: 'sampleapp.jobs:flaky', kwargs: {fail_times: 2},"
+            f" trigger: {{at: '{at_iso(now)}'}},"
+            " retries: {max_attempts: 4, delay: 1, backoff: 2}",
+        ),
+    )
+    ctx.serve()
+    wait_runs(ctx, "flaky", "succeeded", 1, timeout=15)
+    rows = ctx.history.runs("flaky")
+    assert [(r["attempt"], r["status"]) for r in rows] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "succeeded"),
+    ]
+    assert len({r["scheduled_at"] for r in rows}) == 1
+    assert "RuntimeError: flaky failure 1" in rows[0]["error"]
+    assert "Traceback" in rows[0]["traceback"]
+    # The wait before attempt n+1 is delay * backoff**(n-1): 1 s, then 2 s.
+    for row, expected in zip(rows[1:], (1.0, 2.0), strict=True):
+        previous = rows[row["attempt"] - 2]
+        waited = (row["started_at"] - previous["finished_at"]).total_seconds()
+        assert waited == pytest.approx(expected, abs=0.25)
+    assert len(ctx.calls.named("flaky")) == 3
+
+
+def test_timeout_is_recorded_and_cancels_async_target(ctx: Ctx) -> None:
+    now = at_iso(datetime.now(UTC))
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: too-slow, target: 'sampleapp.jobs:async_slow', kwargs: {seconds: 30},"
+            f" trigger: {{at: '{now}'}}, timeout: 1",
+            "id: too-slow-sync, target: 'sampleapp.jobs:slow', kwargs: {seconds: 3},"
+            f" trigger: {{at: '{now}'}}, timeout: 1",
+        ),
+    )
+    serve = ctx.serve()
+    (run,) = wait_runs(ctx, "too-slow", "timed_out")
+    assert (run["finished_at"] - run["started_at"]).total_seconds() == pytest.approx(1.0, abs=0.3)
+    assert "timed out after 1s" in run["error"]
+    (sync_run,) = wait_runs(ctx, "too-slow-sync", "timed_out")
+    assert (sync_run["finished_at"] - sync_run["started_at"]).total_seconds() < 1.5
+    # The coroutine was cancelled: it never reached its end.
+    wait_calls(ctx, "slow_end", 1)  # the sync one cannot be stopped; it ends on its own
+    assert not ctx.calls.named("async_slow_end")
+    assert serve.stop() == 0
+
+
+def test_raising_job_leaves_the_scheduler_healthy(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: boom, target: 'sampleapp.jobs:boom', trigger: {interval: 1}",
+            "id: fine, target: 'sampleapp.jobs:async_tick', kwargs: {label: fine},"
+            " trigger: {interval: 1}",
+        ),
+    )
+    serve = ctx.serve()
+    failed = wait_runs(ctx, "boom", "failed", 3)
+    wait_runs(ctx, "fine", "succeeded", 3)
+    assert failed[0]["error"] == "ValueError: boom"
+    assert "raise ValueError" in failed[0]["traceback"]
+    assert_every_fire_recorded(ctx.history.runs("boom"))
+    assert_every_fire_recorded(ctx.history.runs("fine"))
+    assert serve.proc is not None and serve.proc.poll() is None
+    assert serve.stop() == 0
+
+
+def test_overlapping_fire_is_recorded_skipped(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: overlap, target: 'sampleapp.jobs:slow', kwargs: {seconds: 2.5},"
+            " trigger: {interval: 1}, max_instances: 1",
+        ),
+    )
+    serve = ctx.serve()
+    skipped = wait_runs(ctx, "overlap", "skipped", 2)
+    assert "max_instances" in skipped[0]["error"]
+    wait_runs(ctx, "overlap", "succeeded", 1)
+    starts = ctx.calls.named("slow_start")
+    ends = ctx.calls.named("slow_end")
+    # Never two at once: each start comes after the previous run's end.
+    for nxt, end in zip(starts[1:], ends, strict=False):
+        assert parse(nxt["at"]) >= parse(end["at"])
+    assert serve.stop() == 0
+    assert_every_fire_recorded(ctx.history.runs("overlap"))
+
+
+def test_run_command_exits_by_outcome_and_records(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: ok, target: 'sampleapp.jobs:tick', kwargs: {label: manual},"
+            " trigger: {interval: 1h}",
+            "id: bad, target: 'sampleapp.jobs:boom', trigger: {interval: 1h},"
+            " retries: {max_attempts: 2, delay: 1}",
+        ),
+    )
+    assert ctx.cli("apply", str(ctx.jobs)).returncode == 0
+    ok = ctx.cli("run", "ok")
+    assert ok.returncode == 0, ok.stderr
+    assert ctx.calls.named("tick", label="manual")
+    (row,) = ctx.history.runs("ok")
+    assert row["status"] == "succeeded" and row["started_at"] and row["finished_at"]
+    bad = ctx.cli("run", "bad", "-o", "json")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["status"] == "failed"
+    rows = ctx.history.runs("bad")
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "failed")]
+    missing = ctx.cli("run", "nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+
+
+def test_store_errors_do_not_stop_the_scheduler(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: steady, target: 'sampleapp.jobs:tick', kwargs: {label: s}, trigger: {interval: 1}"
+        ),
+    )
+    serve = ctx.serve()
+    wait_runs(ctx, "steady", "succeeded", 2)
+    mark = serve.mark()
+    with ctx.history.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE runner_runs RENAME TO runner_runs_away")
+    try:
+        serve.wait_for_log(r"scheduling pass failed", since=mark, timeout=5)
+        wait_until(
+            lambda: time.time() - serve.matching("scheduling pass failed", mark)[0].at > 1.5,
+            5,
+            what="a second failed pass",
+        )
+    finally:
+        with ctx.history.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE runner_runs_away RENAME TO runner_runs")
+    recovered = datetime.now(UTC)
+    wait_until(
+        lambda: any(
+            r["scheduled_at"] > recovered and r["status"] == "succeeded"
+            for r in ctx.history.runs("steady")
+        ),
+        5,
+        what="runs after the store came back",
+    )
+    assert serve.proc is not None and serve.proc.poll() is None
+    assert serve.stop() == 0
+    # The fires due while the store was away were coalesced into one late run, and recorded.
+    rows = ctx.history.runs("steady")
+    assert_every_fire_recorded(rows)
+    assert any(r["status"] == "missed" and "coalesced" in r["error"] for r in rows)
+
+
+# --- PostgreSQL restart: keep last, it restarts the shared server ------------------------------
+
+
+def test_zz_postgres_restart_is_survived_without_losing_history(ctx: Ctx) -> None:
+    ctx.write(
+        "a.yaml",
+        job_file(
+            "id: through, target: 'sampleapp.jobs:tick', kwargs: {label: t}, trigger: {interval: 1}"
+        ),
+    )
+    serve = ctx.serve()
+    wait_runs(ctx, "through", "succeeded", 2)
+    try:
+        pgserver.control("restart")
+    finally:
+        wait_until(pgserver.answers, 60, interval=0.2, what="PostgreSQL to answer again")
+    back = datetime.now(UTC)
+    wait_until(
+        lambda: (
+            len(
+                [
+                    r
+                    for r in ctx.history.runs("through")
+                    if r["scheduled_at"] > back and r["status"] == "succeeded"
+                ]
+            )
+            >= 2
+        ),
+        20,
+        what="runs after the restart",
+    )
+    assert serve.proc is not None and serve.proc.poll() is None
+    assert serve.stop() == 0
+    rows = ctx.history.runs("through")
+    assert_every_fire_recorded(rows)
+    assert not [r for r in rows if r["status"] == "running"]
+    assert {r["status"] for r in rows} <= {"succeeded", "missed"}
