@@ -65,8 +65,11 @@ def main() -> None:
 
 def _one_shot() -> None:
     """validate and apply build many small objects once and exit: the cyclic garbage
-    collector would only rescan them (about 25 % of a 10,000-job apply), so turn it off."""
-    gc.disable()
+    collector would only rescan them (about 25 % of a 10,000-job apply), so pause it for
+    the command (and restore it, for callers that invoke the CLI in-process)."""
+    if gc.isenabled():
+        gc.disable()
+        click.get_current_context().call_on_close(gc.enable)
 
 
 def _paths(paths: tuple[str, ...]) -> list[str]:

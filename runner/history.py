@@ -397,15 +397,21 @@ def _key_params() -> Any:
 
 def close_interrupted(
     conn: Connection, nodes: Sequence[str] | None = None, reason: str = "node stopped"
-) -> int:
-    """Close runs left `running` by nodes that are gone (all nodes when None)."""
+) -> list[tuple[str, datetime, int]]:
+    """Close runs left `running` by nodes that are gone (all nodes when None).
+
+    Returns the (job_id, scheduled_at, attempt) of each run closed, so the job's retry
+    policy can decide whether it runs again.
+    """
     statement = update(runs).where(runs.c.status == Status.RUNNING)
     if nodes is not None:
         statement = statement.where(runs.c.node.in_(nodes))
     result = conn.execute(
-        statement.values(status=Status.INTERRUPTED, error=reason, finished_at=datetime.now(UTC))
+        statement.values(
+            status=Status.INTERRUPTED, error=reason, finished_at=datetime.now(UTC)
+        ).returning(runs.c.job_id, runs.c.scheduled_at, runs.c.attempt)
     )
-    return int(result.rowcount or 0)
+    return [(row.job_id, as_utc(row.scheduled_at), row.attempt) for row in result]
 
 
 def prune(engine: Engine, cutoff: datetime) -> int:

@@ -29,7 +29,7 @@ LEASE_SECONDS = 3.0
 RENEW_EVERY = 0.5
 SAFETY = 0.5
 """Stop starting runs this long before the lease could expire, to absorb clock-rate drift."""
-NODE_STALE_SECONDS = 10.0
+NODE_STALE_SECONDS = 5.0
 
 _ACQUIRE = text(
     """

@@ -107,6 +107,8 @@ class Runtime:
         # Fires claimed ahead of their time, waiting on the loop for it (loop thread only).
         self._timers: dict[int, tuple[asyncio.TimerHandle, list[tuple[Fire, int]]]] = {}
         self._timer_ids = itertools.count()
+        self.may_start: Callable[[], bool] = lambda: True
+        """Checked again when a fire claimed ahead comes due (the scheduler's leadership)."""
         self.vet: Callable[[Fire], Fire | None] | None = None
         """Called at the time of a fire claimed ahead: the fire to start (its job may have been
         edited meanwhile), or None to give the claim back instead."""
@@ -185,6 +187,22 @@ class Runtime:
 
     def _start_due(self, key: int) -> None:
         _, batch = self._timers.pop(key)
+        if not self.may_start():
+            # Claimed while leading, due now that this node cannot confirm it still leads
+            # (it was frozen, or lost the database): starting could overlap the new leader.
+            now = datetime.now(UTC)
+            for fire, _ in batch:
+                log.warning(
+                    "fire of %s at %s not started: leadership lost", fire.job_id, fire.scheduled_at
+                )
+                self.recorder.finished(
+                    fire,
+                    1,
+                    now,
+                    0.0,
+                    Outcome(Status.MISSED, "not started: its node lost leadership"),
+                )
+            return
         accepted: list[list[Fire]] = []
         skipped: list[Fire] = []
         if self.vet is not None:

@@ -94,6 +94,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         """Trigger of each fire claimed ahead, as it was when claimed."""
         self._ahead_lock = threading.Lock()
         runtime.vet = self._vet
+        runtime.may_start = may_start
         self._flushed_at = 0.0
 
     def _process_jobs(self) -> float:

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from runner import history, jobfiles, reconcile
 from runner.errors import StoreError
+from runner.execute import Fire, retries_of
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
@@ -207,6 +208,7 @@ class Server:
     # --- background loops ----------------------------------------------------------------
     def _lease_loop(self) -> None:
         beat_due = 0.0
+        sweep_due = 0.0
         while not self.stopping.is_set():
             was_leading = self.leadership.leading
             try:
@@ -223,21 +225,42 @@ class Server:
                 leading = False
             if leading and not was_leading:
                 self._on_gain()
+            if leading and time.monotonic() >= sweep_due:
+                sweep_due = time.monotonic() + 1.0
+                try:
+                    self._close_runs_of_dead_nodes()
+                except Exception as exc:
+                    log.warning("could not check for dead nodes: %s", str(exc).splitlines()[0])
             self.stopping.wait(RENEW_EVERY)
 
     def _on_gain(self) -> None:
-        with self.engine.begin() as conn:
-            stale = stale_nodes(conn, self.node)
-            if stale:
-                closed = history.close_interrupted(
-                    conn, stale, "the node running it stopped or died"
-                )
-                if closed:
-                    log.warning(
-                        "closed %d run(s) left running by stopped node(s) as interrupted", closed
-                    )
+        self._close_runs_of_dead_nodes()
         # Take up the next run times the previous leader advanced.
         self.scheduler.refresh(full=True)
+
+    def _close_runs_of_dead_nodes(self) -> None:
+        """Runs left `running` by a node that stopped heartbeating are closed as interrupted;
+        the job's retry policy then decides whether the fire runs again, here."""
+        with self.engine.begin() as conn:
+            stale = stale_nodes(conn, self.node)
+            closed = (
+                history.close_interrupted(conn, stale, "the node running it stopped or died")
+                if stale
+                else []
+            )
+        if not closed:
+            return
+        log.warning("closed %d run(s) left running by dead node(s) as interrupted", len(closed))
+        for job_id, scheduled_at, attempt in closed:
+            job = self.scheduler.store.lookup_job(job_id)
+            if job is None:
+                continue
+            spec = job.args[1]
+            if attempt < retries_of(spec).max_attempts:
+                log.info("retrying %s (fire %s) as attempt %d", job_id, scheduled_at, attempt + 1)
+                self.runtime.try_submit(
+                    Fire(job_id, spec, scheduled_at), job.max_instances, first_attempt=attempt + 1
+                )
 
     def _change_loop(self) -> None:
         """Notice applies made elsewhere: LISTEN on PostgreSQL, a cheap poll everywhere."""

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class Cluster:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)  # type: ignore[no-any-return]
 
-    def leader(self, timeout: float = 10) -> ServeProcess:
+    def leader(self, timeout: float = 10, other_than: ServeProcess | None = None) -> ServeProcess:
         """The replica that holds the lease, found by the pid inside its node name."""
 
         def probe() -> ServeProcess | None:
@@ -59,7 +59,8 @@ class Cluster:
             if lead is None:
                 return None
             pid = int(lead["node"].split(":")[-2])
-            return next((p for p in self.procs if p.proc and p.proc.pid == pid), None)
+            found = next((p for p in self.procs if p.proc and p.proc.pid == pid), None)
+            return None if found is other_than else found
 
         return wait_until(probe, timeout, 0.1, "a leader")
 
@@ -134,10 +135,11 @@ def test_three_replicas_run_each_fire_exactly_once(cluster: Cluster) -> None:
 
 
 def test_sigkill_of_the_leader_fails_over_fast_and_closes_its_run(cluster: Cluster) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
     (cluster.jobs / "jobs.yaml").write_text(
         tick_jobs(5)
         + "  - {id: long, target: 'sampleapp.jobs:slow', kwargs: {seconds: 30, label: long}, "
-        "trigger: {interval: 60, start: '2020-01-01T00:00:00Z'}, misfire_grace_time: 1h}\n"
+        f"trigger: {{interval: 1h, start: '{soon}'}}}}\n"
     )
     cluster.start(2)
     leader = cluster.leader()
@@ -147,7 +149,7 @@ def test_sigkill_of_the_leader_fails_over_fast_and_closes_its_run(cluster: Clust
     leader.proc.send_signal(signal.SIGKILL)
     killed_at = datetime.now(UTC)
     leader.kill()
-    new = cluster.leader(timeout=15)
+    new = cluster.leader(timeout=15, other_than=leader)
     assert new is not leader
 
     def new_leader_runs() -> list[dict[str, Any]]:
@@ -188,7 +190,7 @@ def test_sigstop_past_the_lease_hands_over_and_the_old_leader_starts_nothing(
     old_pid = leader.proc.pid
     leader.send(signal.SIGSTOP)
     stopped_at = time.time()
-    new = cluster.leader(timeout=15)
+    new = cluster.leader(timeout=15, other_than=leader)
     assert new is not leader
     mark = leader.mark()
     wait_until(lambda: time.time() - stopped_at > 6, 10, 0.2, "the lease to be long expired")

@@ -39,6 +39,11 @@ def job(body: str, job_id: str = "j1") -> str:
 
 
 TRIG = "trigger: {interval: 1m}"
+# Each level holds ten aliases of the one before: 10**6 values from a few hundred bytes.
+ALIAS_LEVELS = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n"
+    for prev, name in zip("abcde", "bcdef", strict=True)
+)
 TARGET = "target: sampleapp.jobs:tick"
 
 CASES = [
@@ -258,7 +263,8 @@ CASES = [
         "end-before-start",
         {
             "a.yaml": job(
-                f"{TARGET}\ntrigger: {{interval: 1m, start: '2027-01-02T00:00:00Z', end: '2027-01-01T00:00:00Z'}}"
+                f"{TARGET}\ntrigger: {{interval: 1m, "
+                "start: '2027-01-02T00:00:00Z', end: '2027-01-01T00:00:00Z'}"
             )
         },
         "a.yaml",
@@ -406,9 +412,7 @@ CASES = [
     ),
     Case(
         "alias-bomb",
-        {
-            "a.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\njobs: []\n"
-        },
+        {"a.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + ALIAS_LEVELS + "jobs: []\n"},
         "a.yaml",
         5,
         None,

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,14 @@ RUN_KEYS = {
 
 Wait = Callable[..., Any]
 FinishedRun = Callable[..., dict[str, Any]]
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
 
 
 def read_calls(path: Path) -> list[dict[str, Any]]:
@@ -216,8 +225,15 @@ def test_runs_filter_and_limit_are_the_cli_json(
 ) -> None:
     assert client.get("/api/runs").json() == []
     for job in ("tick", "boom", "tick"):
-        assert client.post(f"/api/jobs/{job}/run", headers=BEARER).status_code == 202
-        finished_run(client, job, ("succeeded", "failed"))
+        response = client.post(f"/api/jobs/{job}/run", headers=BEARER)
+        assert response.status_code == 202
+        run_id = response.json()["run_id"]
+
+        def done(job: str = job, run_id: int = run_id) -> bool:
+            rows = client.get("/api/runs", params={"job": job}).json()
+            return any(r["run_id"] == run_id and r["status"] != "running" for r in rows)
+
+        wait_until(done, 10, f"run {run_id} of {job} to finish")
     runs = client.get("/api/runs").json()
     assert len(runs) == 3
     assert all(set(r) == RUN_KEYS for r in runs)
@@ -231,7 +247,7 @@ def test_runs_filter_and_limit_are_the_cli_json(
         rows = client.get("/api/runs", params={"job": "tick"}).json()
         return rows if all(r["status"] != "running" for r in rows) else None
 
-    tick_runs = settled()
+    tick_runs = wait_until(settled, 10, "tick runs to settle")
     assert tick_runs == cli_json(["runs", "--db", sqlite_url, "--job", "tick"], child_env())
 
 
