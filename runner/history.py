@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from runner import metrics
 from runner.execute import Fire, Outcome, Status
 from runner.store import tables
 
@@ -217,12 +218,17 @@ class Writer:
         self._thread.start()
 
     def started(self, fire: Fire, attempt: int, at: datetime) -> None:
+        metrics.run_started(fire.job_id, attempt, fire.scheduled_at, at)
         self._ops.append(("start", fire.job_id, as_utc(fire.scheduled_at), attempt, at))
         self._poke()
 
     def finished(
         self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
     ) -> None:
+        if outcome.status in (Status.MISSED, Status.SKIPPED):
+            metrics.fire_marked(fire.job_id, outcome.status)
+        else:
+            metrics.run_finished(fire.job_id, attempt, outcome.status, duration)
         self._ops.append(
             (
                 "finish",

@@ -32,7 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED
 from sqlalchemy import Connection, Engine
 
-from runner import history
+from runner import history, metrics
 from runner.execute import Fire, Status
 from runner.jobstore import RunnerJobStore, same_trigger
 from runner.runtime import SKIP_REASON, Runtime
@@ -170,6 +170,8 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             with conn.begin():
                 won = history.claim(conn, claims, self.node)
                 history.mark(conn, marks, self.node)
+            for item_mark in marks:
+                metrics.fire_marked(item_mark.job_id, item_mark.status)
         for item in due:
             item.job.next_run_time = item.next_run_time
         self.store.advanced_many([item.job for item in due])

@@ -20,7 +20,7 @@ from typing import Any
 import watchfiles
 from sqlalchemy import Engine
 
-from runner import history, jobfiles, reconcile
+from runner import history, jobfiles, metrics, reconcile
 from runner.errors import StoreError
 from runner.execute import Fire, retries_of
 from runner.fileset import FileSet
@@ -92,6 +92,7 @@ class Server:
             read = time.perf_counter()
             self.reconciles += 1
             if problems:
+                metrics.reconciled(False)
                 self.last_reconcile_error = str(problems[0])
                 for problem in problems:
                     log.error("not applying: %s", problem)
@@ -100,9 +101,11 @@ class Server:
                 plan, applied = reconcile.apply(self.engine, desired)
                 wrote = time.perf_counter()
             except StoreError as exc:
+                metrics.reconciled(False)
                 self.last_reconcile_error = str(exc)
                 log.error("apply failed: %s", exc)
                 return
+            metrics.reconciled(True)
             # A broken file whose last good version is kept is still worth reporting.
             self.last_reconcile_error = str(present[0]) if present else None
             if applied:
@@ -223,6 +226,7 @@ class Server:
                     describe_failure(exc, self.options.db_url),
                 )
                 leading = False
+            metrics.set_leader(leading)
             if leading and not was_leading:
                 self._on_gain()
             if leading and time.monotonic() >= sweep_due:

@@ -675,7 +675,13 @@ def test_real_runner_serve_subprocess(
         assert [c["pid"] for c in read_calls(calls)] == [serve.proc.pid]
         text = client.get("/metrics").text
         assert re.search(r"^runner_leader 1\.0$", text, re.M)
-        assert "runner_runs_total" in text
+        # The core's hooks count the real run: by job and status, with its duration and lag.
+        assert re.search(
+            r'^runner_runs_total\{job_id="tick",status="succeeded"\} [1-9]', text, re.M
+        )
+        assert re.search(r'^runner_run_duration_seconds_count\{job_id="tick"\} [1-9]', text, re.M)
+        assert re.search(r"^runner_firing_lag_seconds_count [1-9]", text, re.M)
+        assert re.search(r"^runner_reconciles_total [1-9]", text, re.M)
         assert client.post("/api/jobs/tick/pause", headers=BEARER).json()["changed"] is True
 
     serve.proc.send_signal(signal.SIGTERM)
