@@ -31,6 +31,9 @@ class FileSet:
     _stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     _digests: dict[str, bytes] = field(default_factory=dict)
     _missing_since: dict[str, float] = field(default_factory=dict)
+    _unsafe: list[Problem] = field(default_factory=list)
+    """A named path that does not exist, or no job file ever seen: applying would prune all."""
+    _seen_files: bool = False
 
     @property
     def removal_pending(self) -> bool:
@@ -40,6 +43,13 @@ class FileSet:
     def refresh(self, changed: Iterable[str] | None = None) -> list[Problem]:
         """Re-read all files, or those in `changed` and new ones; return the problems present."""
         files, missing = jobfiles.discover(self.paths)
+        self._seen_files = self._seen_files or bool(files)
+        self._unsafe = list(missing)
+        if not files and not self._seen_files and not missing:
+            where = ", ".join(self.paths)
+            self._unsafe.append(
+                Problem(where, 1, 1, None, None, "no job files (*.yaml, *.yml) here")
+            )
         present = set(files)
         now = time.monotonic()
         for file in list(self._missing_since):
@@ -99,7 +109,10 @@ class FileSet:
 
     def desired(self) -> tuple[list[Desired], list[Problem]]:
         """Every job to keep scheduled, or the reasons it is not safe to apply now."""
-        unknown = [p for f, ps in self.bad.items() if f not in self.good for p in ps]
+        unknown = [
+            *self._unsafe,
+            *(p for f, ps in self.bad.items() if f not in self.good for p in ps),
+        ]
         if unknown:
             return [], unknown
         jobs = [d for file in sorted(self.good) for d in self.good[file]]

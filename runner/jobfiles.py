@@ -112,6 +112,14 @@ def load(paths: Sequence[str]) -> Loaded:
 
 def _load(paths: Sequence[str]) -> Loaded:
     files, problems = discover(paths)
+    if not files and not problems:
+        # An empty or mistyped folder must not read as "delete every job".
+        where = ", ".join(paths)
+        message = (
+            "no job files (*.yaml, *.yml) here; "
+            "to remove every job on purpose, apply a file holding `jobs: []`"
+        )
+        problems.append(Problem(where, 1, 1, None, None, message))
     jobs: list[SourcedJob] = []
     for file in files:
         try:

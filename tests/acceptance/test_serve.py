@@ -743,3 +743,16 @@ def test_zz_postgres_restart_is_survived_without_losing_history(ctx: Ctx) -> Non
     assert_every_fire_recorded(rows)
     assert not [r for r in rows if r["status"] == "running"]
     assert {r["status"] for r in rows} <= {"succeeded", "missed"}
+
+
+def test_serve_on_a_mistyped_or_empty_folder_deletes_nothing(ctx: Ctx) -> None:
+    ctx.write("a.yaml", job_file("id: kept, target: 'sampleapp.jobs:tick', trigger: {interval: 1}"))
+    assert ctx.cli("apply", str(ctx.jobs)).returncode == 0
+    empty = ctx.root / "empty.d"
+    empty.mkdir()
+    for paths in ([str(ctx.root / "jobs.dd")], [str(empty)]):
+        serve = ctx.serve(paths=paths)
+        serve.wait_for_log(r"not applying: .*(no such file|no job files)")
+        wait_runs(ctx, "kept", "succeeded", 1)
+        assert serve.stop() == 0
+        assert ctx.stored_ids() == {"kept"}

@@ -531,3 +531,13 @@ def test_json_errors_follow_the_contract(app_env: Path) -> None:
     [error] = body["errors"]
     assert set(error) == {"file", "line", "column", "job", "field", "message"}
     assert error["job"] == "j1" and error["field"] == "trigger.cron" and error["line"] == 4
+
+
+def test_an_empty_folder_is_an_error_not_a_deletion(app_env: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "."])
+    assert result.exit_code == 1
+    assert "no job files" in result.stderr and "jobs: []" in result.stderr
+    (app_env / "none.yaml").write_text("jobs: []\n")
+    result = CliRunner().invoke(main, ["validate", "."])
+    assert result.exit_code == 0, result.stderr
+    assert "0 job(s) in 1 file(s) are valid." in result.stdout
