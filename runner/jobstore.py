@@ -255,11 +255,9 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             self._index(job)
             self._dirty.add(job.id)
 
-    def advanced(self, job: Job) -> None:
-        """The scheduling pass moved `job.next_run_time` on; persist it with the next flush."""
-        self.advanced_many([job])
-
     def advanced_many(self, jobs: Iterable[Job]) -> None:
+        """The scheduling pass moved these jobs' next run times on; persist them at the next
+        flush, unless a reload replaced a job meanwhile."""
         with self._lock:
             held = self._jobs
             for job in jobs:
@@ -280,10 +278,6 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
 
     def remove_all_jobs(self) -> None:
         raise NotImplementedError("jobs are removed with `runner apply`")
-
-    def pending_writes(self) -> int:
-        with self._lock:
-            return len(self._dirty)
 
     # --- write-behind -------------------------------------------------------------------
     def flush(self) -> int:

@@ -54,7 +54,6 @@ class Leadership:
         self.node = node
         self._valid_until = 0.0
         self.term: int | None = None
-        self.on_gain: list[object] = []
         self._lock = threading.Lock()
 
     def may_start(self) -> bool:

@@ -165,13 +165,6 @@ class JobEntry(JobFields):
     id: JobId
 
 
-class JobFile(_Model):
-    """The whole document of a job file."""
-
-    defaults: JobFields | None = None
-    jobs: list[dict[str, Any]]
-
-
 class Job(_Model):
     """A job with its file's defaults and the documented defaults applied: what gets stored."""
 
@@ -212,6 +205,3 @@ def resolve(entry: JobEntry, defaults: JobFields | None) -> Job:
         if required not in values:
             raise ValueError(f"{required} is required")
     return Job(**values)
-
-
-JOB_FIELDS = tuple(JobEntry.model_fields)

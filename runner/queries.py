@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from runner import history, jobstate
+from runner import history
 from runner.errors import JobNotFound
 from runner.execute import Fire, Outcome, run_fire
 from runner.store import tables
@@ -101,9 +101,6 @@ def run_once(engine: Engine, job_id: str, node: str | None = None) -> Outcome:
         return asyncio.run(run_fire(fire, writer))
     finally:
         writer.stop()
-
-
-__all__ = ["jobs", "jobstate", "run_once", "stored_spec"]
 
 
 def status(engine: Engine) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -324,7 +324,3 @@ class Runtime:
         if tasks:
             await asyncio.wait(tasks, timeout=8)
         return len(tasks)
-
-
-def stats(runtime: Runtime) -> Mapping[str, Any]:
-    return {"active": runtime.active(), "busy_threads": runtime.busy_threads()}
