@@ -26,10 +26,10 @@ from sqlalchemy import Engine, and_, bindparam, exists, select, update
 
 from runner import jobstate
 from runner.store import tables
+from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY
 
 log = logging.getLogger("runner.jobstore")
-_CHUNK = 500
 
 
 def _when(job: Job) -> float | None:
@@ -112,12 +112,8 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
             keys: dict[str, tuple[str, bool | None]] = {}
             statement = select(own.c.id, own.c.spec_hash, own.c.paused_override)
-            chunks = (
-                [None]
-                if wanted_ids is None
-                else [wanted_ids[i : i + _CHUNK] for i in range(0, len(wanted_ids), _CHUNK)]
-            )
-            for chunk in chunks:
+            slices = [None] if wanted_ids is None else list(chunks(wanted_ids))
+            for chunk in slices:
                 query = statement if chunk is None else statement.where(own.c.id.in_(chunk))
                 for job_id, spec_hash, override in conn.execute(query):
                     keys[job_id] = (spec_hash, override)
@@ -127,8 +123,7 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
                 gone = [i for i in scope if i not in keys and i in self._keys]
             wanted = list(keys) if full else changed
             blobs: dict[str, bytes] = {}
-            for begin in range(0, len(wanted), _CHUNK):
-                chunk = wanted[begin : begin + _CHUNK]
+            for chunk in chunks(wanted):
                 for job_id, blob in conn.execute(
                     select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))
                 ):

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from runner.errors import RunnerError
+from runner.history import as_utc
 from runner.store import tables
 from runner.store.engine import is_postgres
 
@@ -83,18 +84,13 @@ class Leadership:
         self.heartbeat()
 
     def _refuse_second_sqlite_node(self, conn: object) -> None:
-        nodes = tables.runner_nodes
-        cutoff = datetime.now(UTC) - timedelta(seconds=NODE_STALE_SECONDS)
-        rows = conn.execute(  # type: ignore[attr-defined]
-            select(nodes.c.node, nodes.c.heartbeat_at).where(nodes.c.stopped_at.is_(None))
-        ).all()
-        for other, beat in rows:
-            beat = beat.replace(tzinfo=UTC) if beat.tzinfo is None else beat
-            if other != self.node and beat > cutoff:
-                raise AnotherNodeRunning(
-                    f"another runner serve ({other}) is using this SQLite database; SQLite "
-                    "supports one node only: stop it, or use PostgreSQL for several replicas"
-                )
+        live, _ = nodes_by_liveness(conn, self.node)
+        if live:
+            other = live[0]
+            raise AnotherNodeRunning(
+                f"another runner serve ({other}) is using this SQLite database; SQLite "
+                "supports one node only: stop it, or use PostgreSQL for several replicas"
+            )
 
     def heartbeat(self) -> None:
         nodes = tables.runner_nodes
@@ -160,14 +156,22 @@ class Leadership:
             log.warning("could not resign cleanly: %s", str(exc).splitlines()[0])
 
 
-def stale_nodes(conn: object, me: str) -> list[str]:
-    """Nodes that stopped, or whose heartbeat is older than NODE_STALE_SECONDS."""
+def nodes_by_liveness(conn: object, me: str) -> tuple[list[str], list[str]]:
+    """Other nodes as (live, stale): stale ones stopped, or have not heartbeaten for
+    NODE_STALE_SECONDS."""
     nodes = tables.runner_nodes
     cutoff = datetime.now(UTC) - timedelta(seconds=NODE_STALE_SECONDS)
     rows = conn.execute(select(nodes.c.node, nodes.c.heartbeat_at, nodes.c.stopped_at)).all()  # type: ignore[attr-defined]
-    out = []
+    live: list[str] = []
+    stale: list[str] = []
     for node, beat, stopped in rows:
-        beat = beat.replace(tzinfo=UTC) if beat.tzinfo is None else beat
-        if node != me and (stopped is not None or beat < cutoff):
-            out.append(node)
-    return out
+        if node == me:
+            continue
+        fresh = stopped is None and as_utc(beat) >= cutoff
+        (live if fresh else stale).append(node)
+    return live, stale
+
+
+def stale_nodes(conn: object, me: str) -> list[str]:
+    """Nodes that stopped, or whose heartbeat is older than NODE_STALE_SECONDS."""
+    return nodes_by_liveness(conn, me)[1]

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,13 +19,13 @@ from runner import jobstate, triggers
 from runner.errors import StoreError
 from runner.plan import Desired, Plan, Stored, compute
 from runner.store import schema, tables
+from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY, describe_failure, is_postgres
 
 log = logging.getLogger("runner.reconcile")
 
 APPLY_LOCK = 0x52554E41  # "RUNA": one apply at a time per PostgreSQL database
 CHANGE_CHANNEL = "runner_changed"
-_CHUNK = 500
 
 
 def read_stored(conn: Connection) -> dict[str, Stored]:
@@ -48,7 +48,7 @@ def _spec_reader(conn: Connection) -> Callable[[list[str]], dict[str, dict[str, 
     def read(ids: list[str]) -> dict[str, dict[str, Any]]:
         t = tables.runner_jobs
         specs: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             for job_id, spec in conn.execute(select(t.c.id, t.c.spec).where(t.c.id.in_(chunk))):
                 specs[job_id] = json.loads(spec)
         return specs
@@ -125,11 +125,6 @@ def read_generation(conn: Connection) -> int:
     return int(value or 0)
 
 
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
-
-
 def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
     by_id = {d.sourced.job.id: d for d in desired}
     applied_by = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -163,14 +158,14 @@ def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: dateti
                 for i in plan.moved
             ],
         )
-    for chunk in _chunks(plan.delete):
+    for chunk in chunks(plan.delete):
         conn.execute(delete(aps).where(aps.c.id.in_(chunk)))
         conn.execute(delete(own).where(own.c.id.in_(chunk)))
 
 
 def _refuse_foreign(conn: Connection, ids: Sequence[str]) -> None:
     aps = tables.apscheduler_jobs
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         taken = conn.execute(select(aps.c.id).where(aps.c.id.in_(chunk))).scalars().first()
         if taken is not None:
             raise StoreError(
@@ -206,7 +201,7 @@ def _update(
     ids = [u.id for u in plan.update]
     current: dict[str, Any] = {}
     overrides: dict[str, bool | None] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         current.update(
             conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chunk))).all()
         )
