@@ -139,8 +139,9 @@ def validate(
 
 
 @main.command()
-def schema() -> None:
-    """Print the JSON Schema of a job file, for editors."""
+@output_option
+def schema(output: str) -> None:
+    """Print the JSON Schema of a job file, for editors (a JSON document in either format)."""
     from runner.schema import job_file_schema
 
     emit_json(job_file_schema())

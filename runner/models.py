@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -27,7 +28,15 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Duration = Annotated[
     int,
     BeforeValidator(parse_duration),
-    Field(json_schema_extra={"type": ["integer", "string"], "pattern": None}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": r"^\s*(\d+|(\d+[dhms])+)\s*$"},
+            ],
+            "description": "Seconds, or 90s, 15m, 1h30m, 2d",
+        }
+    ),
 ]
 """Whole seconds; written as an integer or `90s`, `15m`, `1h30m`, `2d`."""
 
@@ -50,6 +59,23 @@ def _check_timezone(name: str | None) -> str | None:
 TimeZoneName = Annotated[
     str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)
 ]
+
+
+_CRON_FIELD = {"type": ["string", "integer"]}
+_CRON_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "description": "crontab(5): 5 or 6 fields, or @hourly, @daily, ..."},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: _CRON_FIELD
+                for name in ("second", "minute", "hour", "day", "month", "day_of_week")
+            },
+        },
+        {"type": "null"},
+    ]
+}
 
 
 def _cron_expression(value: object) -> object:
@@ -81,7 +107,9 @@ class Retries(_Model):
 class Trigger(_Model):
     """Exactly one of cron, interval or at; the rest refine it."""
 
-    cron: Annotated[str | None, BeforeValidator(_cron_expression)] = None
+    cron: Annotated[str | None, BeforeValidator(_cron_expression), WithJsonSchema(_CRON_SCHEMA)] = (
+        None
+    )
     interval: Duration | None = None
     at: Timestamp | None = None
     start: Timestamp | None = None
