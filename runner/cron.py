@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import random
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -874,27 +875,30 @@ class CrontabTrigger(BaseTrigger):  # type: ignore[misc]
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime
     ) -> datetime | None:
+        """The first fire strictly after `previous_fire_time` (else at or after `now`), in UTC.
+
+        Everything is computed in UTC: adding a timedelta to an aware local time is wall-clock
+        arithmetic that drops `fold`, which sends the second pass of a repeated hour back to
+        the first.  Jitter is added in UTC for the same reason.
+        """
         if previous_fire_time is not None:
-            start = min(
-                now.astimezone(UTC), (previous_fire_time + _ONE_MICROSECOND).astimezone(UTC)
-            )
-            # In UTC: an ambiguous local time never compares equal across zones.
-            if start == previous_fire_time.astimezone(UTC):
-                start += _ONE_MICROSECOND
-        elif self.start_date is not None:
-            start = max(now.astimezone(UTC), self.start_date.astimezone(UTC))
+            after = previous_fire_time.astimezone(UTC)
         else:
-            start = now.astimezone(UTC)
-        # The first fire at or after `start`.
-        fire = self.schedule.next_after(start - _ONE_MICROSECOND, self.timezone)
+            after = now.astimezone(UTC) - _ONE_MICROSECOND
+            if self.start_date is not None:
+                after = max(after, self.start_date.astimezone(UTC) - _ONE_MICROSECOND)
+        fire = self.schedule.next_after(after, self.timezone)
         if fire is None:
             return None
-        if self.end_date is not None and fire.astimezone(UTC) > self.end_date.astimezone(UTC):
+        fire = fire.astimezone(UTC)
+        end = None if self.end_date is None else self.end_date.astimezone(UTC)
+        if end is not None and fire > end:
             return None
-        jittered: datetime = self._apply_jitter(fire, self.jitter, now)
-        if self.end_date is not None and jittered.astimezone(UTC) > self.end_date.astimezone(UTC):
-            return self.end_date
-        return jittered
+        if self.jitter:
+            fire += timedelta(seconds=random.uniform(0, self.jitter))
+            if end is not None and fire > end:
+                return end
+        return fire
 
     # -- pickling, equality, display
 

@@ -20,10 +20,11 @@ jobs rewound, so the next start decides those fires like any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,6 +76,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         flush_every: float = FLUSH_EVERY,
         lease_left: Callable[[], float] = lambda: float("inf"),
         lookahead: float = LOOKAHEAD,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__(timezone=UTC)
         self.engine = engine
@@ -84,6 +86,8 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         self.flush_every = flush_every
         self.lease_left = lease_left
         self.lookahead = lookahead
+        self.clock = clock
+        """The pass's idea of now; a parameter so tests can drive it through a virtual year."""
         self.store = RunnerJobStore(engine)
         self.add_jobstore(self.store, "default")
         self.passes = 0
@@ -116,7 +120,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         self.passes += 1
         if self.state == STATE_PAUSED or not self.may_start():
             return MAX_WAIT
-        now = datetime.now(UTC)
+        now = self.clock()
         # Fires due within the look-ahead are claimed now and started on time by the loop, so
         # the claim's round trip is not added to their lag. Never beyond the lease: a fire is
         # only claimed ahead if this node is sure to still lead when it is due.
@@ -134,7 +138,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         next_time = self.store.get_next_run_time()
         if next_time is None:
             return cap
-        until = (next_time - datetime.now(UTC)).total_seconds() - ahead
+        until = (next_time - self.clock()).total_seconds() - ahead
         return max(0.0, min(cap, until))
 
     def _run_chunk(
@@ -144,17 +148,11 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         claims: list[tuple[str, datetime]] = []
         marks: list[history.Mark] = []
         for job in jobs:
-            # APScheduler's Job._get_run_times, keeping the first time after `now` as the next.
-            run_times = []
-            trigger = job.trigger
-            moment = job.next_run_time
-            while moment is not None and moment <= now:
-                run_times.append(moment)
-                moment = trigger.get_next_fire_time(moment, now)
+            run_times, moment = _fires_due(job, now)
             if not run_times:
                 if moment is not None and moment <= horizon:
                     claims.append((job.id, moment))
-                    following = trigger.get_next_fire_time(moment, moment)
+                    following = _following(job, moment, moment)
                     due.append(_Due(job, [moment], following, False, ahead=True))
                 continue
             runnable = self._triage(job, run_times, now, marks)
@@ -231,7 +229,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
     def rewind(self, fires: list[Fire]) -> None:
         """Fires claimed ahead that will not start (shutdown): make their jobs due at them
         again, so the next start decides them (their claims are released)."""
-        with self._pass_lock:
+        with _held(self._pass_lock, "rewind fires claimed ahead"):
             jobs = []
             for fire in fires:
                 if self._vet(fire) is None:
@@ -292,7 +290,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
 
     def flush(self) -> int:
         """Persist advanced next run times now (at shutdown)."""
-        with self._pass_lock:
+        with _held(self._pass_lock, "save next run times"):
             self._flushed_at = time.monotonic()
             return self.store.flush()
 
@@ -307,3 +305,67 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             log.info("store changed: %d job(s) reloaded", len(changed))
         if self.running:
             self.wakeup()
+
+
+MAX_CATCH_UP = 100_000
+"""Fires one job may have due in a single pass (a year of downtime of a 5-minute job is
+105,120): past this the rest are recorded in later passes, so no pass runs unbounded."""
+SHUTDOWN_LOCK_WAIT = 5.0
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock, what: str) -> Iterator[bool]:
+    """The pass lock for shutdown work, but never waited on for long: shutdown must finish
+    whatever a pass is doing (the pass thread is a daemon and dies with the process)."""
+    got = lock.acquire(timeout=SHUTDOWN_LOCK_WAIT)
+    if not got:
+        log.error("scheduling pass still busy after %.0fs: cannot %s", SHUTDOWN_LOCK_WAIT, what)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
+
+
+def _fires_due(job: Any, now: datetime) -> tuple[list[datetime], datetime | None]:
+    """The job's fire times up to `now`, and the first after it (APScheduler's
+    Job._get_run_times, keeping the next one)."""
+    run_times: list[datetime] = []
+    moment = job.next_run_time
+    while moment is not None and moment <= now and len(run_times) < MAX_CATCH_UP:
+        run_times.append(moment)
+        moment = _following(job, moment, now)
+    return run_times, moment
+
+
+def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
+    """The fire after `previous`. A trigger that fails, or answers a time not after
+    `previous`, would stall or loop the pass: the job is logged and moved past it instead."""
+    try:
+        moment: datetime | None = job.trigger.get_next_fire_time(previous, now)
+        if moment is None or moment > previous:
+            return moment
+        problem = f"answered {moment.isoformat()}, not after {previous.isoformat()}"
+    except Exception as exc:
+        problem = f"failed: {type(exc).__name__}: {exc}"
+    later = max(now, previous) + timedelta(seconds=1)
+    try:
+        moment = job.trigger.get_next_fire_time(None, later)
+    except Exception:
+        moment = None
+    if moment is not None and moment > previous:
+        log.error(
+            "job %s: its trigger %s after the fire at %s; skipped forward to %s",
+            job.id,
+            problem,
+            previous.isoformat(),
+            moment.isoformat(),
+        )
+        return moment
+    log.error(
+        "job %s: its trigger %s after the fire at %s; not scheduled again until it is applied anew",
+        job.id,
+        problem,
+        previous.isoformat(),
+    )
+    return None

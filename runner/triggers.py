@@ -34,7 +34,8 @@ def build(job: Job, now: datetime | None = None) -> AnyTrigger:
         )
     if spec.interval is not None:
         if start is None:
-            start = (now or datetime.now(zone)) + timedelta(seconds=spec.interval)
+            # In UTC: aware local + timedelta is wall-clock arithmetic across a DST change.
+            start = (now or datetime.now(UTC)).astimezone(UTC) + timedelta(seconds=spec.interval)
         return IntervalTrigger(
             seconds=spec.interval, start_date=start, end_date=end, timezone=zone, jitter=spec.jitter
         )
@@ -50,10 +51,17 @@ def describe(job: Job) -> dict[str, Any]:
 
 
 def next_fire_times(trigger: AnyTrigger, count: int, after: datetime) -> list[datetime]:
-    """The next `count` fire times strictly after `after`, ignoring jitter."""
+    """The next `count` fire times strictly after `after`, ignoring jitter, in the trigger's
+    zone.
+
+    The same `get_next_fire_time` chain that serve's scheduling pass follows, so what
+    `validate --next`, the API and serve see cannot differ.  A trigger that ever answers a
+    time not after the previous one ends the list (the pass logs and skips such a job).
+    """
     times: list[datetime] = []
+    zone = getattr(trigger, "timezone", UTC)
     previous: datetime | None = None
-    now = after + timedelta(microseconds=1)
+    now = after.astimezone(UTC) + timedelta(microseconds=1)
     jitter = getattr(trigger, "jitter", None)
     if jitter is not None:
         trigger.jitter = None
@@ -62,12 +70,11 @@ def next_fire_times(trigger: AnyTrigger, count: int, after: datetime) -> list[da
             fire = trigger.get_next_fire_time(previous, now)
             if fire is None:
                 break
-            if fire.astimezone(UTC) <= after.astimezone(UTC):
-                previous = fire
-                continue
-            times.append(fire)
-            previous = fire
-            now = fire
+            fire = fire.astimezone(UTC)
+            if fire < now or (previous is not None and fire <= previous):
+                break
+            times.append(fire.astimezone(zone))
+            previous = now = fire
     finally:
         if jitter is not None:
             trigger.jitter = jitter
