@@ -679,7 +679,8 @@ def test_trigger_start_and_end_dates() -> None:
     assert first.astimezone(BERLIN).isoformat() == "2027-06-10T12:00:00+02:00"
     last = trigger.get_next_fire_time(first + timedelta(days=1), now + timedelta(days=11))
     assert last is not None
-    assert last.astimezone(BERLIN).isoformat() == "2027-06-12T12:00:00+02:00"  # end date is inclusive
+    # The end date is inclusive.
+    assert last.astimezone(BERLIN).isoformat() == "2027-06-12T12:00:00+02:00"
     assert trigger.get_next_fire_time(last, last) is None
     # Later `now` wins over start_date.
     assert trigger.get_next_fire_time(None, datetime(2027, 6, 11, 13, tzinfo=BERLIN)) == last
