@@ -18,7 +18,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
-    """Prints one line for any failure; a traceback only with RUNNER_DEBUG=1."""
+    """Prints one line for any failure; a traceback only with RUNNER_DEBUG=1.
+
+    A usage error exits 1 like every other failure: exit 2 means "changes pending" to CI
+    scripts (`apply --dry-run || [ $? -eq 2 ]`), so a typo in a flag must not read as it.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **extra)
+        try:
+            code = super().main(*args, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else "")
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "runner"
+            message = " ".join(exc.format_message().split())
+            _fail(f"{where}: {message} (see {where} --help)")
+        except click.ClickException as exc:
+            _fail(" ".join(exc.format_message().split()))
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -250,12 +272,18 @@ def serve(
 
 
 def _engine(db_url: str) -> Any:
-    from runner.store import schema
-    from runner.store.engine import connect
+    """The database as it is: commands other than apply and serve never create one."""
+    from click.core import ParameterSource
 
-    engine = connect(db_url)
-    schema.ensure(engine)
-    return engine
+    from runner.queries import open_existing
+
+    source = click.get_current_context().get_parameter_source("db_url")
+    hint = (
+        " (the default URL: pass --db or set RUNNER_DATABASE_URL)"
+        if source is ParameterSource.DEFAULT
+        else ""
+    )
+    return open_existing(db_url, hint)
 
 
 @main.command()
@@ -336,11 +364,16 @@ def _set_paused(job_id: str, db_url: str, output: str, paused: bool) -> None:
         changed = set_paused(engine, job_id, paused)
     finally:
         engine.dispose()
-    word = "paused" if paused else "resumed"
     if output == "json":
         emit_json({"id": job_id, "paused": paused, "changed": changed})
+    elif changed:
+        click.echo(f"{job_id} paused" if paused else f"{job_id} resumed: scheduled again from now")
     else:
-        click.echo(f"{job_id} {word}" if changed else f"{job_id} was already {word}")
+        click.echo(
+            f"{job_id} is already paused"
+            if paused
+            else f"{job_id} is not paused; nothing to resume"
+        )
 
 
 @main.command()

@@ -10,12 +10,45 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from runner import history
-from runner.errors import JobNotFound
+from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
-from runner.store import tables
-from runner.store.engine import READ_ONLY
+from runner.reconcile import missing_sqlite_file
+from runner.store import schema, tables
+from runner.store.engine import READ_ONLY, connect, describe_failure, masked
+
+
+def open_existing(url: str, hint: str = "") -> Engine:
+    """An engine on a database the runner has already set up; never creates one.
+
+    Commands that read or act on stored jobs must not leave an empty database behind a
+    typo in `--db` (SQLite would create the file) and then report that nothing is there.
+    """
+    engine = connect(url)
+    if missing_sqlite_file(engine):
+        engine.dispose()
+        raise StoreError(
+            f"no runner database at {masked(url)}: the file does not exist{hint}; "
+            "nothing was created (`runner apply` creates it)"
+        )
+    try:
+        with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+            names = schema.existing_tables(conn)
+    except StoreError:
+        engine.dispose()
+        raise
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreError(describe_failure(exc, url)) from None
+    if not {tables.runner_jobs.name, tables.runner_meta.name} <= names:
+        engine.dispose()
+        raise StoreError(
+            f"database {masked(url)} holds no runner tables{hint}; "
+            "`runner apply` or `runner serve` sets it up"
+        )
+    return engine
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -89,7 +89,7 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
 
     A collision with a job the runner does not own fails here too, as the apply would.
     """
-    if _missing_sqlite_file(engine):  # connecting would create the file
+    if missing_sqlite_file(engine):  # connecting would create the file
         return compute(desired, {}, prune, lambda ids: {})
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         names = schema.existing_tables(conn)
@@ -100,7 +100,8 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
         return plan
 
 
-def _missing_sqlite_file(engine: Engine) -> bool:
+def missing_sqlite_file(engine: Engine) -> bool:
+    """Whether connecting would create the SQLite file (so a reader must not connect)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return False
