@@ -6,15 +6,16 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from runner.errors import RunnerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class _Group(click.Group):
@@ -24,11 +25,13 @@ class _Group(click.Group):
     scripts (`apply --dry-run || [ $? -eq 2 ]`), so a typo in a flag must not read as it.
     """
 
-    def main(self, *args: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, standalone_mode: bool = True, **extra: Any
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **extra)
+            return super().main(args, standalone_mode=False, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **extra)
+            code = super().main(args, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.ctx.get_help() if exc.ctx is not None else "")
             sys.exit(0)
@@ -59,7 +62,7 @@ class _Group(click.Group):
             )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -191,10 +194,10 @@ def _valid_jobs(paths: tuple[str, ...]) -> Any:
     return loaded
 
 
-def _report_problems(exc: Any) -> None:
+def _report_problems(exc: Any, outcome: str = "nothing was applied") -> NoReturn:
     for problem in exc.problems:
         click.echo(str(problem), err=True)
-    click.echo(f"error: {len(exc.problems)} problem(s) in job files; nothing was applied", err=True)
+    click.echo(f"error: {len(exc.problems)} problem(s) in job files; {outcome}", err=True)
     sys.exit(1)
 
 
@@ -248,9 +251,16 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     help="Seconds running jobs get to finish at shutdown.",
 )
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON objects (default: as --output).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @output_option
 def serve(
     paths: tuple[str, ...],
@@ -258,17 +268,43 @@ def serve(
     no_watch: bool,
     http: str | None,
     grace: float,
-    log_format: str,
+    log_format: str | None,
     log_level: str,
     output: str,
 ) -> None:
-    """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT."""
+    """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT.
+
+    Serve prints nothing but its log, so `--output json` means JSON log lines.
+    """
     from runner import logs
+    from runner.errors import InvalidJobFiles
     from runner.serve import Options
     from runner.serve import serve as run_server
 
-    logs.setup(log_format, log_level)
-    sys.exit(run_server(Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)))
+    if http is not None:
+        _check_http(http)
+    logs.setup(log_format or output, log_level)
+    options = Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)
+    try:
+        code = run_server(options)
+    except InvalidJobFiles as exc:
+        _report_problems(exc, "not serving")
+    sys.exit(code)
+
+
+def _check_http(address: str) -> None:
+    """Before anything else: the extra is installed and the address reads as HOST:PORT."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RunnerError(
+            f"--http needs the http extra ({exc.name or 'FastAPI/uvicorn'} is not installed): "
+            "pip install 'runner[http]', or '.[http]' from a checkout"
+        ) from None
+    from runner.http.server import parse_address
+
+    parse_address(address)
 
 
 def _engine(db_url: str) -> Any:
@@ -396,10 +432,10 @@ def resume(job_id: str, db_url: str, output: str) -> None:
 
 @main.command()
 @db_option
-@click.option("--all", "show_all", is_flag=True, help="Include nodes that have stopped.")
+@click.option("--all", "show_all", is_flag=True, help="Include stopped and long-dead nodes.")
 @output_option
 def status(db_url: str, show_all: bool, output: str) -> None:
-    """Which node leads and since when, the standbys, and their last heartbeats."""
+    """Which node leads and since when, every node's liveness and last heartbeat."""
     from runner import queries
 
     engine = _engine(db_url)
@@ -408,14 +444,30 @@ def status(db_url: str, show_all: bool, output: str) -> None:
     finally:
         engine.dispose()
     if not show_all:
-        report["nodes"] = [n for n in report["nodes"] if n["role"] != "stopped"]
+        report["nodes"] = queries.current_nodes(report)
     if output == "json":
         emit_json(report)
         return
     leader = report["leader"]
     if leader:
-        click.echo(f"leader: {leader['node']} since {leader['since']} (term {leader['term']})")
+        term = f" (term {leader['term']})" if leader["term"] is not None else ""
+        click.echo(f"leader: {leader['node']} since {leader['since']}{term}")
     else:
         click.echo("leader: none")
+    if not report["nodes"]:
+        click.echo("no runner serve is running")
     for node in report["nodes"]:
-        click.echo(f"  {node['role']:8} {node['node']}  last heartbeat {node['heartbeat_at']}")
+        age = _age(node["heartbeat_age_seconds"])
+        if node["role"] == "stopped":
+            note = f"stopped at {node['stopped_at']}"
+        elif node["role"] == "dead":
+            note = f"dead: no heartbeat for {age} (last {node['heartbeat_at']})"
+        else:
+            note = f"heartbeat {age} ago"
+        click.echo(f"  {node['role']:8} {node['node']}  {note}")
+
+
+def _age(seconds: float) -> str:
+    from runner.durations import format_duration
+
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(int(seconds))

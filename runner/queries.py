@@ -15,9 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import history
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
+from runner.leadership import NODE_STALE_SECONDS
 from runner.reconcile import missing_sqlite_file
 from runner.store import schema, tables
-from runner.store.engine import READ_ONLY, connect, describe_failure, masked
+from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
 
 
 def open_existing(url: str, hint: str = "") -> Engine:
@@ -136,35 +137,66 @@ def run_once(engine: Engine, job_id: str, node: str | None = None) -> Outcome:
         writer.stop()
 
 
-def status(engine: Engine) -> dict[str, Any]:
-    """Leadership and node heartbeats, for `runner status` and the API."""
+FORGET_DEAD_AFTER = 3600.0
+"""A node silent this long is left out of `runner status` (shown with --all)."""
+
+
+def status(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
+    """Leadership and node liveness, for `runner status` and the API.
+
+    A node is `dead` once its heartbeat is older than the leadership's stale limit, however
+    it ended (SIGKILL, a crash, a lost host); `stopped` once it shut down cleanly. On SQLite
+    there is no lease (one node only), so the live node is the leader.
+    """
     lease, nodes = tables.runner_lease, tables.runner_nodes
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         row = conn.execute(select(lease).where(lease.c.name == "scheduler")).first()
         node_rows = conn.execute(select(nodes).order_by(nodes.c.node)).all()
-    now = datetime.now(UTC)
-    leader = None
-    if row is not None and row.holder and row.lease_until and history.as_utc(row.lease_until) > now:
-        leader = {
-            "node": row.holder,
-            "since": _iso(row.since),
-            "term": row.term,
-            "lease_until": _iso(row.lease_until),
-        }
+    now = now or datetime.now(UTC)
     listed = []
-    for n in node_rows:
-        role = (
-            "stopped"
-            if n.stopped_at
-            else ("leader" if leader and leader["node"] == n.node else "standby")
-        )
+    for node_row in node_rows:
+        age = max(0.0, (now - history.as_utc(node_row.heartbeat_at)).total_seconds())
+        stopped = node_row.stopped_at is not None
+        role = "stopped" if stopped else ("dead" if age > NODE_STALE_SECONDS else "live")
         listed.append(
             {
-                "node": n.node,
+                "node": node_row.node,
                 "role": role,
-                "started_at": _iso(n.started_at),
-                "heartbeat_at": _iso(n.heartbeat_at),
-                "stopped_at": _iso(n.stopped_at),
+                "started_at": _iso(node_row.started_at),
+                "heartbeat_at": _iso(node_row.heartbeat_at),
+                "heartbeat_age_seconds": round(age, 1),
+                "stopped_at": _iso(node_row.stopped_at),
             }
         )
+    leader = None
+    lease_row = row if row is not None and row.holder and row.lease_until else None
+    if is_postgres(engine) and lease_row and history.as_utc(lease_row.lease_until) > now:
+        leader = {
+            "node": lease_row.holder,
+            "since": _iso(lease_row.since),
+            "term": lease_row.term,
+            "lease_until": _iso(lease_row.lease_until),
+        }
+    elif not is_postgres(engine):
+        live = [n for n in listed if n["role"] == "live"]
+        if live:
+            leader = {
+                "node": live[0]["node"],
+                "since": live[0]["started_at"],
+                "term": None,
+                "lease_until": None,
+            }
+    for n in listed:
+        if n["role"] == "live":
+            n["role"] = "leader" if leader and leader["node"] == n["node"] else "standby"
     return {"leader": leader, "nodes": listed}
+
+
+def current_nodes(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes worth an operator's eye: not stopped, and not silent for long."""
+    return [
+        n
+        for n in report["nodes"]
+        if n["role"] != "stopped"
+        and not (n["role"] == "dead" and n["heartbeat_age_seconds"] > FORGET_DEAD_AFTER)
+    ]

@@ -21,7 +21,7 @@ import watchfiles
 from sqlalchemy import Engine
 
 from runner import history, jobfiles, metrics, reconcile
-from runner.errors import StoreError
+from runner.errors import InvalidJobFiles, StoreError
 from runner.execute import Fire, retries_of
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
@@ -144,29 +144,62 @@ class Server:
             return self._shutdown()
 
     def start(self) -> bool:
-        """Start every part in background threads; False if asked to stop while waiting."""
+        """Start every part in background threads; False if asked to stop while waiting.
+
+        What the operator typed is checked before the database is touched: invalid job files
+        and an unusable `--http` fail at once, and leave no node row behind to block a
+        corrected restart.
+        """
         log.info(
             "runner serve starting: node %s, database %s", self.node, masked(self.options.db_url)
         )
-        self.wait_for_database()
-        if self.stopping.is_set():
-            return False
-        self.leadership.prepare()
-        self.reconcile()
-        self.writer.start()
-        self.runtime.start()
-        self.scheduler.start()
-        self._spawn("runner-lease", self._lease_loop)
-        self._spawn("runner-changes", self._change_loop)
-        if self.options.watch:
-            self._spawn("runner-watch", self._watch_loop)
-        if self.options.http:
-            self._start_http(self.options.http)
+        self.check_files()
+        http = self._bind_http(self.options.http) if self.options.http else None
+        try:
+            if not self._start_parts():
+                if http is not None:
+                    http.sock.close()
+                return False
+            if http is not None:
+                http.start()
+        except BaseException:
+            if http is not None:
+                http.stop(1.0)
+                http.sock.close()
+            raise
         log.info(
             "serving %d job(s) from %s",
             len(self.scheduler.store.get_all_jobs()),
             ", ".join(self.options.paths),
         )
+        return True
+
+    def check_files(self) -> None:
+        """At start-up an invalid file is an error, as for `apply`: nothing to keep yet."""
+        present = self.files.refresh()
+        _, blocking = self.files.desired()
+        problems = list(dict.fromkeys([*present, *blocking]))
+        if problems:
+            raise InvalidJobFiles(problems)
+
+    def _start_parts(self) -> bool:
+        self.wait_for_database()
+        if self.stopping.is_set():
+            return False
+        self.leadership.prepare()
+        try:
+            self.reconcile()
+            self.writer.start()
+            self.runtime.start()
+            self.scheduler.start()
+            self._spawn("runner-lease", self._lease_loop)
+            self._spawn("runner-changes", self._change_loop)
+            if self.options.watch:
+                self._spawn("runner-watch", self._watch_loop)
+        except BaseException:
+            self.stopping.set()
+            self.leadership.resign()
+            raise
         return True
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -203,10 +236,11 @@ class Server:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def _start_http(self, address: str) -> None:
-        from runner.http.server import start_in_thread
+    def _bind_http(self, address: str) -> Any:
+        """Bind the port now (a taken port fails start-up at once); serve it once running."""
+        from runner.http.server import HttpServer
 
-        start_in_thread(self, address)
+        return HttpServer(self, address)
 
     # --- background loops ----------------------------------------------------------------
     def _lease_loop(self) -> None:
