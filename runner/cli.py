@@ -465,6 +465,8 @@ def status(db_url: str, show_all: bool, output: str) -> None:
         else:
             note = f"heartbeat {age} ago"
         click.echo(f"  {node['role']:8} {node['node']}  {note}")
+        for problem in node["file_problems"]:
+            click.echo(f"           broken: {problem}")
 
 
 def _age(seconds: float) -> str:

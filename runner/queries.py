@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from runner import history
+from runner import fileproblems, history
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
 from runner.leadership import NODE_STALE_SECONDS
@@ -152,6 +152,7 @@ def status(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         row = conn.execute(select(lease).where(lease.c.name == "scheduler")).first()
         node_rows = conn.execute(select(nodes).order_by(nodes.c.node)).all()
+        problems = fileproblems.by_node(conn)
     now = now or datetime.now(UTC)
     listed = []
     for node_row in node_rows:
@@ -166,6 +167,7 @@ def status(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
                 "heartbeat_at": _iso(node_row.heartbeat_at),
                 "heartbeat_age_seconds": round(age, 1),
                 "stopped_at": _iso(node_row.stopped_at),
+                "file_problems": [] if stopped else problems.get(node_row.node, []),
             }
         )
     leader = None

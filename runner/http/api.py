@@ -223,8 +223,13 @@ class Ready(BaseModel):
     scheduler_running: bool
     last_pass_error: str | None
     last_reconcile_error: str | None = Field(
-        description="The files' last problem; the last good jobs keep running, so not fatal."
+        description="The first of `reconcile_errors`, or the last store error; null when none."
     )
+    reconcile_errors: list[str] = Field(
+        description="Every problem of the job files now (`FILE:LINE:COL: ...`); not fatal: "
+        "a broken file's last valid jobs keep running and other files' changes apply."
+    )
+    broken_files: list[str] = Field(description="The job files that are invalid now.")
 
 
 class _Ping:
@@ -272,6 +277,8 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
         "scheduler_running": bool(scheduler.running),
         "last_pass_error": scheduler.last_pass_error,
         "last_reconcile_error": server.last_reconcile_error,
+        "reconcile_errors": list(server.reconcile_problems),
+        "broken_files": list(server.broken_files),
     }
     reason: str | None = None
     if server.stopping.is_set():
