@@ -139,9 +139,16 @@ def validate(
     if output == "json":
         emit_json(report.as_json())
     else:
-        for problem in report.problems:
+        for problem in [*report.problems, *report.warnings]:
             click.echo(str(problem), err=True)
-        if report.valid:
+        if not report.valid:
+            files = len({p.file for p in report.problems})
+            click.echo(
+                f"error: {len(report.problems)} problem(s) in {files} file(s); "
+                "nothing is valid until all are fixed",
+                err=True,
+            )
+        else:
             for sourced in report.loaded.jobs:
                 trig = sourced.job.trigger
                 what = (
@@ -470,6 +477,6 @@ def status(db_url: str, show_all: bool, output: str) -> None:
 
 
 def _age(seconds: float) -> str:
-    from runner.durations import format_duration
+    from runner.durations import roughly
 
-    return f"{seconds:.1f}s" if seconds < 60 else format_duration(int(seconds))
+    return roughly(seconds)
