@@ -48,6 +48,7 @@ Duration = Annotated[
 ]
 """Whole seconds; written as an integer or `90s`, `15m`, `1h30m`, `2d`."""
 
+TARGET_PATTERN = r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
 Timestamp = Annotated[datetime, Field(strict=False)]
 
@@ -75,14 +76,21 @@ def _closest_zone(name: str) -> str | None:
 
 
 TimeZoneName = Annotated[
-    str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)
+    str,
+    BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v),
+    WithJsonSchema({"type": "string", "description": "An IANA time zone, e.g. Europe/Berlin"}),
 ]
 
 
 _CRON_FIELD = {"type": ["string", "integer"]}
 _CRON_SCHEMA = {
     "anyOf": [
-        {"type": "string", "description": "crontab(5): 5 or 6 fields, or @hourly, @daily, ..."},
+        {
+            "type": "string",
+            "description": "crontab(5): 5 or 6 fields, or @hourly, @daily, ...",
+            "pattern": r"^\s*(@(hourly|daily|midnight|weekly|monthly|yearly|annually)"
+            r"|\S+(\s+\S+){4,5})\s*$",
+        },
         {
             "type": "object",
             "additionalProperties": False,
@@ -183,7 +191,7 @@ def _aware(moment: datetime) -> datetime:
 class JobFields(_Model):
     """Fields a job may set, and a file's `defaults` may supply."""
 
-    target: str | None = None
+    target: Annotated[str | None, Field(json_schema_extra={"pattern": TARGET_PATTERN})] = None
     args: list[JsonValue] | None = None
     kwargs: dict[str, JsonValue] | None = None
     trigger: Trigger | None = None
@@ -222,7 +230,7 @@ def _reject_non_json(value: Any) -> None:
             _reject_non_json(item)
 
 
-_TARGET = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
+_TARGET = re.compile(TARGET_PATTERN[1:-1])
 
 
 class JobEntry(JobFields):
