@@ -16,6 +16,17 @@ from runner.errors import RunnerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "interrupted",
+    "missed",
+    "skipped",
+)
+"""The statuses a run can have (see the contract)."""
 
 
 class _Group(click.Group):
@@ -355,27 +366,85 @@ def jobs(db_url: str, output: str) -> None:
 @main.command()
 @db_option
 @click.option("--job", "job_id", help="Only this job's runs.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(RUN_STATUSES),
+    help="Only runs with this status (repeat for several).",
+)
+@click.option(
+    "--since",
+    metavar="ISO8601|DURATION",
+    help="Only fires scheduled at or after this time, or this long ago (1h, 2d).",
+)
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @output_option
-def runs(db_url: str, job_id: str | None, limit: int, output: str) -> None:
+def runs(
+    db_url: str,
+    job_id: str | None,
+    statuses: tuple[str, ...],
+    since: str | None,
+    limit: int,
+    output: str,
+) -> None:
     """Run history, newest first."""
-    from runner import history
+    from runner import queries, report
 
+    start = _parse_since(since) if since is not None else None
     engine = _engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = [history.run_as_json(r) for r in history.recent(conn, job_id, limit)]
+            rows = queries.runs(conn, job_id, statuses, start, limit)
     finally:
         engine.dispose()
     if output == "json":
-        emit_json(rows)
+        from runner import history
+
+        emit_json([history.run_as_json(r) for r in rows])
         return
-    for r in rows:
-        error = f"  {r['error']}" if r["error"] else ""
-        click.echo(
-            f"{r['run_id']}  {r['job_id']}  {r['scheduled_at']}  "
-            f"attempt {r['attempt']}  {r['status']}{error}"
-        )
+    for line in report.runs([queries.run_json(r) for r in rows]):
+        click.echo(line)
+
+
+def _parse_since(value: str) -> datetime:
+    from datetime import timedelta
+
+    from runner.durations import parse_duration
+
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO 8601 time nor a duration such as 1h or 2d",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("job_id")
+@db_option
+@click.option("--runs", "runs_count", type=click.IntRange(0, 1000), default=10, show_default=True)
+@output_option
+def show(job_id: str, db_url: str, runs_count: int, output: str) -> None:
+    """One job as stored: source, trigger, state, next fires, last runs, last failure."""
+    from runner import queries, report
+
+    engine = _engine(db_url)
+    try:
+        job = queries.show(engine, job_id, runs_count)
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json(job)
+        return
+    for line in report.show(job):
+        click.echo(line)
 
 
 @main.command(name="run")

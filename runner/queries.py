@@ -6,19 +6,21 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from runner import fileproblems, history
+from runner import fileproblems, history, jobstate
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
 from runner.leadership import NODE_STALE_SECONDS
 from runner.reconcile import missing_sqlite_file
 from runner.store import schema, tables
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
+from runner.triggers import next_fire_times
 
 
 def open_existing(url: str, hint: str = "") -> Engine:
@@ -111,6 +113,80 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def runs(
+    conn: Connection,
+    job_id: str | None = None,
+    statuses: Sequence[str] = (),
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """History rows, newest first, filtered as `runner runs` and `/api/runs` offer."""
+    table = tables.runner_runs
+    statement = select(table).order_by(table.c.run_id.desc()).limit(limit)
+    if job_id is not None:
+        statement = statement.where(table.c.job_id == job_id)
+    if statuses:
+        statement = statement.where(table.c.status.in_(list(statuses)))
+    if since is not None:
+        statement = statement.where(table.c.scheduled_at >= history.as_utc(since))
+    return [dict(row._mapping) for row in conn.execute(statement)]
+
+
+def duration(row: dict[str, Any]) -> float | None:
+    """Seconds the attempt ran: recorded when it finished, else measured from its times."""
+    if row.get("duration") is not None:
+        return float(row["duration"])
+    if row.get("started_at") is not None and row.get("finished_at") is not None:
+        started, finished = history.as_utc(row["started_at"]), history.as_utc(row["finished_at"])
+        return max(0.0, (finished - started).total_seconds())
+    return None
+
+
+def show(engine: Engine, job_id: str, runs_count: int = 10, next_count: int = 5) -> dict[str, Any]:
+    """Everything about one job for `runner show`: as stored, when next, how it went."""
+    listed = jobs(engine, job_id)
+    if not listed:
+        raise JobNotFound(f"no stored job {job_id!r}; run `runner jobs` to list them")
+    own, aps, table = tables.runner_jobs, tables.apscheduler_jobs, tables.runner_runs
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        row = conn.execute(select(own).where(own.c.id == job_id)).one()
+        blob = conn.execute(select(aps.c.job_state).where(aps.c.id == job_id)).scalar()
+        recent = runs(conn, job_id, limit=runs_count)
+        failure = conn.execute(
+            select(table)
+            .where(table.c.job_id == job_id, table.c.status.in_(FAILED_STATUSES))
+            .order_by(table.c.run_id.desc())
+            .limit(1)
+        ).first()
+    job = listed[0]
+    upcoming: list[datetime] = []
+    if blob is not None and not job["paused"] and next_count:
+        upcoming = next_fire_times(jobstate.loads(blob)["trigger"], next_count, datetime.now(UTC))
+    last_failure = None
+    if failure is not None:
+        failed = dict(failure._mapping)
+        last_failure = {**run_json(failed), "traceback": failed["traceback"]}
+    return {
+        **job,
+        "source": f"{row.file}:{row.line}",
+        "spec": json.loads(row.spec),
+        "override": None if row.paused_override is None else bool(row.paused_override),
+        "applied_at": _iso(row.applied_at),
+        "applied_by": row.applied_by,
+        "next": [_iso(t) for t in upcoming],
+        "runs": [run_json(r) for r in recent],
+        "last_failure": last_failure,
+    }
+
+
+FAILED_STATUSES = ("failed", "timed_out", "interrupted")
+
+
+def run_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A run as `runner runs --output json` prints it, plus its duration in seconds."""
+    return {**history.run_as_json(row), "duration": duration(row)}
 
 
 def stored_spec(engine: Engine, job_id: str) -> dict[str, Any]:

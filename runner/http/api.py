@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 StatusName = Literal[
-    "running", "succeeded", "failed", "timed_out", "interrupted", "missed", "skipped"
+    "queued", "running", "succeeded", "failed", "timed_out", "interrupted", "missed", "skipped"
 ]
 
 
@@ -378,15 +378,26 @@ def router(server: Server) -> APIRouter:
     )
     def list_runs(
         job: Annotated[str | None, Query(description="Only this job's runs.")] = None,
+        status: Annotated[
+            list[StatusName] | None,
+            Query(description="Only runs with this status; repeat for several."),
+        ] = None,
+        since: Annotated[
+            datetime | None,
+            Query(description="Only fires scheduled at or after this time (ISO 8601)."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=100000)] = 50,
     ) -> list[dict[str, Any]]:
-        """Attempts, newest first, as `runner runs --output json`."""
+        """Attempts, newest first, as `runner runs --output json` (same filters)."""
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
         with (
             database_errors(server),
             server.engine.connect().execution_options(**{READ_ONLY: True}) as conn,
             conn.begin(),
         ):
-            return [history.run_as_json(r) for r in history.recent(conn, job, limit)]
+            rows = queries.runs(conn, job, status or (), since, limit)
+            return [history.run_as_json(r) for r in rows]
 
     @api.post(
         "/jobs/{job_id}/run",
