@@ -178,17 +178,22 @@ class Server:
         self.check_files()
         http = self._bind_http(self.options.http) if self.options.http else None
         try:
-            if not self._start_parts():
-                if http is not None:
-                    http.sock.close()
-                return False
-            if http is not None:
-                http.start()
+            started = self._start_parts()
         except BaseException:
             if http is not None:
-                http.stop(1.0)
                 http.sock.close()
             raise
+        if not started:
+            if http is not None:
+                http.sock.close()
+            return False
+        if http is not None:
+            try:
+                http.start()
+            except BaseException:
+                http.sock.close()
+                self.stop()  # resigns, so a corrected restart is not refused
+                raise
         log.info(
             "serving %d job(s) from %s",
             len(self.scheduler.store.get_all_jobs()),
