@@ -187,9 +187,10 @@ def _fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str,
         if _effective_paused(want, override)
         else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
     )
-    if job.trigger.at is not None and next_run is not None and next_run < now:
-        # A one-off whose time had passed before it was applied never runs and is not
-        # "missed": in a repository it is usually one that already ran.
+    # A one-off whose time had passed beyond its misfire grace before it was ever applied
+    # never runs and is not "missed": in a repository it is usually one that already ran.
+    stale = next_run is not None and (now - next_run).total_seconds() > job.misfire_grace_time
+    if job.trigger.at is not None and stale:
         next_run = None
     state = jobstate.build_state(job, want.spec, trigger, next_run)
     return {

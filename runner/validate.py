@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from runner import jobfiles, targets, triggers
-from runner.durations import roughly
+from runner.durations import format_duration, roughly
 from runner.errors import Problem
 from runner.jobfiles import Loaded, SourcedJob
 from runner.models import Job
@@ -97,7 +97,8 @@ def run(paths: Sequence[str], import_targets: bool, next_count: int, start: date
 
 
 def past_one_offs(jobs: Sequence[SourcedJob], now: datetime) -> list[Problem]:
-    """An `at:` that has passed is normal in a repository (the one-off ran), but say so."""
+    """An `at:` past its misfire grace is normal in a repository (the one-off ran), but it
+    will never run: say so. Within the grace, applying it now would still run it."""
     warnings = []
     for sourced in jobs:
         at = sourced.job.trigger.at
@@ -105,10 +106,12 @@ def past_one_offs(jobs: Sequence[SourcedJob], now: datetime) -> list[Problem]:
             continue
         moment = at if at.tzinfo else at.replace(tzinfo=ZoneInfo(sourced.job.zone))
         ago = int((now - moment).total_seconds())
-        if ago > 0:
+        grace = sourced.job.misfire_grace_time
+        if ago > grace:
             line, column = sourced.position("trigger")
             message = (
-                f"warning: {moment.isoformat()} was {roughly(ago)} ago; this job will never run"
+                f"warning: {moment.isoformat()} was {roughly(ago)} ago, beyond its misfire "
+                f"grace ({format_duration(grace)}); this job will never run"
             )
             warnings.append(
                 Problem(sourced.file, line, column, sourced.job.id, "trigger.at", message)

@@ -35,13 +35,19 @@ def test_a_past_one_off_is_a_warning_in_people_units_not_an_error(
     [warning] = done.stderr.splitlines()
     assert re.fullmatch(
         r"a\.yaml:2:\d+: job once: trigger\.at: warning: 2020-01-01T00:00:00\+00:00 was "
-        r"\d+d ago; this job will never run",
+        r"\d+d ago, beyond its misfire grace \(10m\); this job will never run",
         warning,
     ), warning
     assert "1 job(s) in 1 file(s) are valid." in done.stdout
     body = json.loads(cli(env, tmp_path, "validate", "a.yaml", "--output", "json").stdout)
     assert body["valid"] is True
     assert [w["field"] for w in body["warnings"]] == ["trigger.at"]
+    # Within its misfire grace a one-off still runs when applied: no warning.
+    (tmp_path / "a.yaml").write_text(
+        job_file(PAST + ", misfire_grace_time: 3650d"), encoding="utf-8"
+    )
+    done = cli(env, tmp_path, "validate", "a.yaml")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 @pytest.mark.slow
