@@ -6,19 +6,55 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from runner.errors import RunnerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "interrupted",
+    "missed",
+    "skipped",
+)
+"""The statuses a run can have (see the contract)."""
 
 
 class _Group(click.Group):
-    """Prints one line for any failure; a traceback only with RUNNER_DEBUG=1."""
+    """Prints one line for any failure; a traceback only with RUNNER_DEBUG=1.
+
+    A usage error exits 1 like every other failure: exit 2 means "changes pending" to CI
+    scripts (`apply --dry-run || [ $? -eq 2 ]`), so a typo in a flag must not read as it.
+    """
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, standalone_mode: bool = True, **extra: Any
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else "")
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "runner"
+            message = " ".join(exc.format_message().split())
+            _fail(f"{where}: {message} (see {where} --help)")
+        except click.ClickException as exc:
+            _fail(" ".join(exc.format_message().split()))
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,7 +73,7 @@ class _Group(click.Group):
             )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -114,9 +150,16 @@ def validate(
     if output == "json":
         emit_json(report.as_json())
     else:
-        for problem in report.problems:
+        for problem in [*report.problems, *report.warnings]:
             click.echo(str(problem), err=True)
-        if report.valid:
+        if not report.valid:
+            files = len({p.file for p in report.problems})
+            click.echo(
+                f"error: {len(report.problems)} problem(s) in {files} file(s); "
+                "nothing is valid until all are fixed",
+                err=True,
+            )
+        else:
             for sourced in report.loaded.jobs:
                 trig = sourced.job.trigger
                 what = (
@@ -169,10 +212,10 @@ def _valid_jobs(paths: tuple[str, ...]) -> Any:
     return loaded
 
 
-def _report_problems(exc: Any) -> None:
+def _report_problems(exc: Any, outcome: str = "nothing was applied") -> NoReturn:
     for problem in exc.problems:
         click.echo(str(problem), err=True)
-    click.echo(f"error: {len(exc.problems)} problem(s) in job files; nothing was applied", err=True)
+    click.echo(f"error: {len(exc.problems)} problem(s) in job files; {outcome}", err=True)
     sys.exit(1)
 
 
@@ -226,9 +269,16 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     help="Seconds running jobs get to finish at shutdown.",
 )
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON objects (default: as --output).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @output_option
 def serve(
     paths: tuple[str, ...],
@@ -236,26 +286,58 @@ def serve(
     no_watch: bool,
     http: str | None,
     grace: float,
-    log_format: str,
+    log_format: str | None,
     log_level: str,
     output: str,
 ) -> None:
-    """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT."""
+    """Apply the files, run the jobs, and follow changes until SIGTERM or SIGINT.
+
+    Serve prints nothing but its log, so `--output json` means JSON log lines.
+    """
     from runner import logs
+    from runner.errors import InvalidJobFiles
     from runner.serve import Options
     from runner.serve import serve as run_server
 
-    logs.setup(log_format, log_level)
-    sys.exit(run_server(Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)))
+    if http is not None:
+        _check_http(http)
+    logs.setup(log_format or output, log_level)
+    options = Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)
+    try:
+        code = run_server(options)
+    except InvalidJobFiles as exc:
+        _report_problems(exc, "not serving")
+    sys.exit(code)
+
+
+def _check_http(address: str) -> None:
+    """Before anything else: the extra is installed and the address reads as HOST:PORT."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RunnerError(
+            f"--http needs the http extra ({exc.name or 'FastAPI/uvicorn'} is not installed): "
+            "pip install 'runner[http]', or '.[http]' from a checkout"
+        ) from None
+    from runner.http.server import parse_address
+
+    parse_address(address)
 
 
 def _engine(db_url: str) -> Any:
-    from runner.store import schema
-    from runner.store.engine import connect
+    """The database as it is: commands other than apply and serve never create one."""
+    from click.core import ParameterSource
 
-    engine = connect(db_url)
-    schema.ensure(engine)
-    return engine
+    from runner.queries import open_existing
+
+    source = click.get_current_context().get_parameter_source("db_url")
+    hint = (
+        " (the default URL: pass --db or set RUNNER_DATABASE_URL)"
+        if source is ParameterSource.DEFAULT
+        else ""
+    )
+    return open_existing(db_url, hint)
 
 
 @main.command()
@@ -284,27 +366,85 @@ def jobs(db_url: str, output: str) -> None:
 @main.command()
 @db_option
 @click.option("--job", "job_id", help="Only this job's runs.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(RUN_STATUSES),
+    help="Only runs with this status (repeat for several).",
+)
+@click.option(
+    "--since",
+    metavar="ISO8601|DURATION",
+    help="Only fires scheduled at or after this time, or this long ago (1h, 2d).",
+)
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @output_option
-def runs(db_url: str, job_id: str | None, limit: int, output: str) -> None:
+def runs(
+    db_url: str,
+    job_id: str | None,
+    statuses: tuple[str, ...],
+    since: str | None,
+    limit: int,
+    output: str,
+) -> None:
     """Run history, newest first."""
-    from runner import history
+    from runner import queries, report
 
+    start = _parse_since(since) if since is not None else None
     engine = _engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = [history.run_as_json(r) for r in history.recent(conn, job_id, limit)]
+            rows = queries.runs(conn, job_id, statuses, start, limit)
     finally:
         engine.dispose()
     if output == "json":
-        emit_json(rows)
+        from runner import history
+
+        emit_json([history.run_as_json(r) for r in rows])
         return
-    for r in rows:
-        error = f"  {r['error']}" if r["error"] else ""
-        click.echo(
-            f"{r['run_id']}  {r['job_id']}  {r['scheduled_at']}  "
-            f"attempt {r['attempt']}  {r['status']}{error}"
-        )
+    for line in report.runs([queries.run_json(r) for r in rows]):
+        click.echo(line)
+
+
+def _parse_since(value: str) -> datetime:
+    from datetime import timedelta
+
+    from runner.durations import parse_duration
+
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO 8601 time nor a duration such as 1h or 2d",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("job_id")
+@db_option
+@click.option("--runs", "runs_count", type=click.IntRange(0, 1000), default=10, show_default=True)
+@output_option
+def show(job_id: str, db_url: str, runs_count: int, output: str) -> None:
+    """One job as stored: source, trigger, state, next fires, last runs, last failure."""
+    from runner import queries, report
+
+    engine = _engine(db_url)
+    try:
+        job = queries.show(engine, job_id, runs_count)
+    finally:
+        engine.dispose()
+    if output == "json":
+        emit_json(job)
+        return
+    for line in report.show(job):
+        click.echo(line)
 
 
 @main.command(name="run")
@@ -336,11 +476,16 @@ def _set_paused(job_id: str, db_url: str, output: str, paused: bool) -> None:
         changed = set_paused(engine, job_id, paused)
     finally:
         engine.dispose()
-    word = "paused" if paused else "resumed"
     if output == "json":
         emit_json({"id": job_id, "paused": paused, "changed": changed})
+    elif changed:
+        click.echo(f"{job_id} paused" if paused else f"{job_id} resumed: scheduled again from now")
     else:
-        click.echo(f"{job_id} {word}" if changed else f"{job_id} was already {word}")
+        click.echo(
+            f"{job_id} is already paused"
+            if paused
+            else f"{job_id} is not paused; nothing to resume"
+        )
 
 
 @main.command()
@@ -363,10 +508,10 @@ def resume(job_id: str, db_url: str, output: str) -> None:
 
 @main.command()
 @db_option
-@click.option("--all", "show_all", is_flag=True, help="Include nodes that have stopped.")
+@click.option("--all", "show_all", is_flag=True, help="Include stopped and long-dead nodes.")
 @output_option
 def status(db_url: str, show_all: bool, output: str) -> None:
-    """Which node leads and since when, the standbys, and their last heartbeats."""
+    """Which node leads and since when, every node's liveness and last heartbeat."""
     from runner import queries
 
     engine = _engine(db_url)
@@ -375,14 +520,32 @@ def status(db_url: str, show_all: bool, output: str) -> None:
     finally:
         engine.dispose()
     if not show_all:
-        report["nodes"] = [n for n in report["nodes"] if n["role"] != "stopped"]
+        report["nodes"] = queries.current_nodes(report)
     if output == "json":
         emit_json(report)
         return
     leader = report["leader"]
     if leader:
-        click.echo(f"leader: {leader['node']} since {leader['since']} (term {leader['term']})")
+        term = f" (term {leader['term']})" if leader["term"] is not None else ""
+        click.echo(f"leader: {leader['node']} since {leader['since']}{term}")
     else:
         click.echo("leader: none")
+    if not report["nodes"]:
+        click.echo("no runner serve is running")
     for node in report["nodes"]:
-        click.echo(f"  {node['role']:8} {node['node']}  last heartbeat {node['heartbeat_at']}")
+        age = _age(node["heartbeat_age_seconds"])
+        if node["role"] == "stopped":
+            note = f"stopped at {node['stopped_at']}"
+        elif node["role"] == "dead":
+            note = f"dead: no heartbeat for {age} (last {node['heartbeat_at']})"
+        else:
+            note = f"heartbeat {age} ago"
+        click.echo(f"  {node['role']:8} {node['node']}  {note}")
+        for problem in node["file_problems"]:
+            click.echo(f"           broken: {problem}")
+
+
+def _age(seconds: float) -> str:
+    from runner.durations import roughly
+
+    return roughly(seconds)

@@ -43,3 +43,11 @@ def format_duration(seconds: int) -> str:
         if count:
             out.append(f"{count}{unit}")
     return "".join(out)
+
+
+def roughly(seconds: float) -> str:
+    """An elapsed time in its largest unit (`2527d`, `5h`, `12m`, `4.2s`), for messages."""
+    for unit, size in _UNIT_SECONDS.items():
+        if seconds >= size * (1 if unit == "s" else 2) and unit != "s":
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{int(seconds)}s"

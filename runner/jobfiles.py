@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runner import models
+from runner import models, wording
 from runner.errors import Problem
 from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, read_yaml
 from runner.yamlread import Path as YamlPath
@@ -267,7 +267,7 @@ def _from_pydantic(
         elif error["type"] == "missing":
             message = "required"
         else:
-            message = _clean(error["msg"])
+            message = wording.plain(error)
             if error["type"] in (
                 "int_type",
                 "bool_type",

@@ -58,7 +58,12 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "runner_reconciles_total": ("counter", "Reconciles of the job files.", ()),
     "runner_reconcile_errors_total": (
         "counter",
-        "Reconciles that failed (invalid files or a store error).",
+        "Reconciles that met a problem: an invalid file (new or edited) or a store error.",
+        (),
+    ),
+    "runner_job_files_invalid": (
+        "gauge",
+        "Job files that are invalid now (their last valid jobs stay scheduled).",
         (),
     ),
     "runner_leader": ("gauge", "1 while this node leads (schedules), else 0.", ()),
@@ -124,6 +129,12 @@ def reconciled(ok: bool) -> None:
     _metrics["runner_reconciles_total"].inc()
     if not ok:
         _metrics["runner_reconcile_errors_total"].inc()
+
+
+def set_broken_files(n: int) -> None:
+    if not ENABLED:
+        return
+    _metrics["runner_job_files_invalid"].set(n)
 
 
 def set_leader(leading: bool) -> None:

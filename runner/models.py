@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     BaseModel,
@@ -25,6 +26,13 @@ from runner.durations import parse_duration
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
+# What `parse_duration` accepts, for editors: spaces are ignored inside, each unit appears
+# once and largest first, and some digit is not zero.
+_N = "[0-9][0-9 ]*"
+DURATION_PATTERN = (
+    rf"^\s*(?=[^\n]*[1-9])(?:{_N}|(?={_N}[dhms])"
+    rf"(?:{_N}d *)?(?:{_N}h *)?(?:{_N}m *)?(?:{_N}s *)?)\s*$"
+)
 Duration = Annotated[
     int,
     BeforeValidator(parse_duration),
@@ -32,7 +40,7 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": r"^\s*(\d+|(\d+[dhms])+)\s*$"},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ],
             "description": "Seconds, or 90s, 15m, 1h30m, 2d",
         }
@@ -40,6 +48,7 @@ Duration = Annotated[
 ]
 """Whole seconds; written as an integer or `90s`, `15m`, `1h30m`, `2d`."""
 
+TARGET_PATTERN = r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
 Timestamp = Annotated[datetime, Field(strict=False)]
 
@@ -50,21 +59,38 @@ def _check_timezone(name: str | None) -> str | None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
-        ) from None
+        close = _closest_zone(name)
+        hint = f"did you mean {close!r}?" if close else "use an IANA name such as Europe/Berlin"
+        raise ValueError(f"unknown time zone {name!r}; {hint}") from None
     return name
 
 
+def _closest_zone(name: str) -> str | None:
+    """Zone names are case-sensitive (`utc` is not found): suggest the spelling meant."""
+    zones = available_timezones()
+    by_case = {zone.lower(): zone for zone in zones}
+    if name.lower() in by_case:
+        return by_case[name.lower()]
+    close = difflib.get_close_matches(name, sorted(zones), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 TimeZoneName = Annotated[
-    str, BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v)
+    str,
+    BeforeValidator(lambda v: _check_timezone(v) if isinstance(v, str) else v),
+    WithJsonSchema({"type": "string", "description": "An IANA time zone, e.g. Europe/Berlin"}),
 ]
 
 
 _CRON_FIELD = {"type": ["string", "integer"]}
 _CRON_SCHEMA = {
     "anyOf": [
-        {"type": "string", "description": "crontab(5): 5 or 6 fields, or @hourly, @daily, ..."},
+        {
+            "type": "string",
+            "description": "crontab(5): 5 or 6 fields, or @hourly, @daily, ...",
+            "pattern": r"^\s*(@(hourly|daily|midnight|weekly|monthly|yearly|annually)"
+            r"|\S+(\s+\S+){4,5})\s*$",
+        },
         {
             "type": "object",
             "additionalProperties": False,
@@ -104,8 +130,28 @@ class Retries(_Model):
         return float(min(self.delay * self.backoff ** (attempt - 2), self.max_delay))
 
 
+def _one_kind_schema() -> dict[str, Any]:
+    """Exactly one of cron, interval, at set (not null); start and end only beside cron or
+    interval: what `Trigger._one_kind` checks, in JSON Schema for editors."""
+    kinds = ("cron", "interval", "at")
+    null = {"type": "null"}
+
+    def only(kind: str) -> dict[str, Any]:
+        props: dict[str, Any] = {k: null for k in kinds if k != kind}
+        props[kind] = {"not": null}
+        if kind == "at":
+            props.update(start=null, end=null)
+        return {"required": [kind], "properties": props}
+
+    return {"anyOf": [only(kind) for kind in kinds]}
+
+
 class Trigger(_Model):
     """Exactly one of cron, interval or at; the rest refine it."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=_one_kind_schema()
+    )
 
     cron: Annotated[str | None, BeforeValidator(_cron_expression), WithJsonSchema(_CRON_SCHEMA)] = (
         None
@@ -145,7 +191,7 @@ def _aware(moment: datetime) -> datetime:
 class JobFields(_Model):
     """Fields a job may set, and a file's `defaults` may supply."""
 
-    target: str | None = None
+    target: Annotated[str | None, Field(json_schema_extra={"pattern": TARGET_PATTERN})] = None
     args: list[JsonValue] | None = None
     kwargs: dict[str, JsonValue] | None = None
     trigger: Trigger | None = None
@@ -184,7 +230,7 @@ def _reject_non_json(value: Any) -> None:
             _reject_non_json(item)
 
 
-_TARGET = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
+_TARGET = re.compile(TARGET_PATTERN[1:-1])
 
 
 class JobEntry(JobFields):

@@ -89,7 +89,7 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
 
     A collision with a job the runner does not own fails here too, as the apply would.
     """
-    if _missing_sqlite_file(engine):  # connecting would create the file
+    if missing_sqlite_file(engine):  # connecting would create the file
         return compute(desired, {}, prune, lambda ids: {})
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         names = schema.existing_tables(conn)
@@ -100,7 +100,8 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
         return plan
 
 
-def _missing_sqlite_file(engine: Engine) -> bool:
+def missing_sqlite_file(engine: Engine) -> bool:
+    """Whether connecting would create the SQLite file (so a reader must not connect)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return False
@@ -186,6 +187,11 @@ def _fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str,
         if _effective_paused(want, override)
         else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
     )
+    # A one-off whose time had passed beyond its misfire grace before it was ever applied
+    # never runs and is not "missed": in a repository it is usually one that already ran.
+    stale = next_run is not None and (now - next_run).total_seconds() > job.misfire_grace_time
+    if job.trigger.at is not None and stale:
+        next_run = None
     state = jobstate.build_state(job, want.spec, trigger, next_run)
     return {
         "id": job.id,

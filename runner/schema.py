@@ -11,8 +11,22 @@ from runner import models
 SCHEMA_ID = "https://runner.invalid/job-file.schema.json"
 
 
+def _required_unless_defaulted(name: str) -> dict[str, Any]:
+    """A job must set `name` unless the file's defaults do."""
+    return {
+        "if": {"required": ["defaults"], "properties": {"defaults": {"required": [name]}}},
+        "else": {"properties": {"jobs": {"items": {"required": [name]}}}},
+    }
+
+
 class _JobFileSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="runner job file")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="runner job file",
+        json_schema_extra={
+            "allOf": [_required_unless_defaulted("target"), _required_unless_defaulted("trigger")]
+        },
+    )
     defaults: models.JobFields | None = None
     jobs: list[models.JobEntry]
 

@@ -20,8 +20,8 @@ from typing import Any
 import watchfiles
 from sqlalchemy import Engine
 
-from runner import history, jobfiles, metrics, reconcile
-from runner.errors import StoreError
+from runner import fileproblems, history, hotreload, jobfiles, metrics, reconcile
+from runner.errors import InvalidJobFiles, StoreError
 from runner.execute import Fire, retries_of
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
@@ -65,6 +65,9 @@ class Server:
             lease_left=self.leadership.valid_for,
         )
         self.last_reconcile_error: str | None = None
+        self.reconcile_problems: list[str] = []
+        """Every problem of the files as last read: broken files and what blocks applying."""
+        self.broken_files: dict[str, list[str]] = {}
         self.reconciles = 0
         self._reconcile_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -84,30 +87,35 @@ class Server:
                 delay = min(delay * 2, 10.0)
 
     def reconcile(self, changed: set[str] | None = None) -> None:
-        """Re-read what changed and apply it; a broken file keeps its last good jobs."""
+        """Re-read what changed and apply it under the rule of `runner.hotreload`."""
         with self._reconcile_lock:
             began = time.perf_counter()
-            present = self.files.refresh(changed)
-            desired, problems = self.files.desired()
+            self.files.refresh(changed)
+            decision = hotreload.decide(self.files)
             read = time.perf_counter()
             self.reconciles += 1
-            if problems:
+            self._show_problems(decision)
+            if decision.blocking:
                 metrics.reconciled(False)
-                self.last_reconcile_error = str(problems[0])
-                for problem in problems:
-                    log.error("not applying: %s", problem)
+                for problem in decision.blocking:
+                    log.error("not applying anything: %s", problem)
                 return
             try:
-                plan, applied = reconcile.apply(self.engine, desired)
+                plan, applied = reconcile.apply(self.engine, decision.desired, prune=decision.prune)
                 wrote = time.perf_counter()
             except StoreError as exc:
                 metrics.reconciled(False)
                 self.last_reconcile_error = str(exc)
                 log.error("apply failed: %s", exc)
                 return
-            metrics.reconciled(True)
-            # A broken file whose last good version is kept is still worth reporting.
-            self.last_reconcile_error = str(present[0]) if present else None
+            metrics.reconciled(not decision.broken)
+            if decision.broken:
+                log.warning(
+                    "%d broken job file(s) (%s): their last valid jobs stay as they were, "
+                    "other files' changes are applied, and no job is deleted until they are fixed",
+                    len(decision.broken),
+                    ", ".join(decision.broken),
+                )
             if applied:
                 for line in plan.text_lines():
                     log.info("apply: %s", line)
@@ -120,6 +128,20 @@ class Server:
                     (wrote - read) * 1000,
                     (time.perf_counter() - wrote) * 1000,
                 )
+
+    def _show_problems(self, decision: hotreload.Decision) -> None:
+        """Every problem present, for /readyz, metrics, the page and `runner status`."""
+        problems = [str(p) for p in decision.problems]
+        self.broken_files = {f: [str(p) for p in ps] for f, ps in decision.broken.items()}
+        self.last_reconcile_error = problems[0] if problems else None
+        metrics.set_broken_files(len(decision.broken))
+        if problems == self.reconcile_problems:
+            return
+        self.reconcile_problems = problems
+        try:
+            fileproblems.publish(self.engine, self.node, problems)
+        except Exception as exc:
+            log.warning("could not record the broken files: %s", str(exc).splitlines()[0])
 
     def run(self) -> int:
         """Serve in the foreground until SIGTERM or SIGINT."""
@@ -144,29 +166,67 @@ class Server:
             return self._shutdown()
 
     def start(self) -> bool:
-        """Start every part in background threads; False if asked to stop while waiting."""
+        """Start every part in background threads; False if asked to stop while waiting.
+
+        What the operator typed is checked before the database is touched: invalid job files
+        and an unusable `--http` fail at once, and leave no node row behind to block a
+        corrected restart.
+        """
         log.info(
             "runner serve starting: node %s, database %s", self.node, masked(self.options.db_url)
         )
-        self.wait_for_database()
-        if self.stopping.is_set():
+        self.check_files()
+        http = self._bind_http(self.options.http) if self.options.http else None
+        try:
+            started = self._start_parts()
+        except BaseException:
+            if http is not None:
+                http.sock.close()
+            raise
+        if not started:
+            if http is not None:
+                http.sock.close()
             return False
-        self.leadership.prepare()
-        self.reconcile()
-        self.writer.start()
-        self.runtime.start()
-        self.scheduler.start()
-        self._spawn("runner-lease", self._lease_loop)
-        self._spawn("runner-changes", self._change_loop)
-        if self.options.watch:
-            self._spawn("runner-watch", self._watch_loop)
-        if self.options.http:
-            self._start_http(self.options.http)
+        if http is not None:
+            try:
+                http.start()
+            except BaseException:
+                http.sock.close()
+                self.stop()  # resigns, so a corrected restart is not refused
+                raise
         log.info(
             "serving %d job(s) from %s",
             len(self.scheduler.store.get_all_jobs()),
             ", ".join(self.options.paths),
         )
+        return True
+
+    def check_files(self) -> None:
+        """At start-up an invalid file is an error, as for `apply`: nothing to keep yet."""
+        present = self.files.refresh()
+        _, blocking = self.files.desired()
+        problems = list(dict.fromkeys([*present, *blocking]))
+        if problems:
+            raise InvalidJobFiles(problems)
+
+    def _start_parts(self) -> bool:
+        self.wait_for_database()
+        if self.stopping.is_set():
+            return False
+        self.leadership.prepare()
+        try:
+            self.reconcile()
+            self.writer.start()
+            self.runtime.start()
+            self.scheduler.start()
+            self._spawn("runner-lease", self._lease_loop)
+            self._spawn("runner-changes", self._change_loop)
+            if self.options.watch:
+                self._spawn("runner-watch", self._watch_loop)
+        except BaseException:
+            self.stopping.set()
+            self.leadership.resign()
+            raise
         return True
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -203,10 +263,11 @@ class Server:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def _start_http(self, address: str) -> None:
-        from runner.http.server import start_in_thread
+    def _bind_http(self, address: str) -> Any:
+        """Bind the port now (a taken port fails start-up at once); serve it once running."""
+        from runner.http.server import HttpServer
 
-        start_in_thread(self, address)
+        return HttpServer(self, address)
 
     # --- background loops ----------------------------------------------------------------
     def _lease_loop(self) -> None:
@@ -358,6 +419,9 @@ class Server:
         if not self.writer.drain(10.0):
             log.error("could not write all run history before exiting: the database is away")
         self.writer.stop(0.0)
+        if self.reconcile_problems:
+            with contextlib.suppress(Exception):  # the node row says it stopped anyway
+                fileproblems.publish(self.engine, self.node, [])
         self.leadership.resign()
         self.engine.dispose()
         log.info("stopped")

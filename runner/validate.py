@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from runner import jobfiles, targets, triggers
+from runner.durations import format_duration, roughly
 from runner.errors import Problem
 from runner.jobfiles import Loaded, SourcedJob
 from runner.models import Job
@@ -18,6 +20,8 @@ class Report:
     loaded: Loaded
     problems: list[Problem]
     next_times: dict[str, list[datetime]]
+    warnings: list[Problem] = field(default_factory=list)
+    """Valid but worth saying: a one-off whose time has passed will never run."""
 
     @property
     def valid(self) -> bool:
@@ -39,6 +43,7 @@ class Report:
                 for s in jobs
             ],
             "errors": [p.as_json() for p in self.problems],
+            "warnings": [p.as_json() for p in self.warnings],
         }
 
 
@@ -88,4 +93,27 @@ def run(paths: Sequence[str], import_targets: bool, next_count: int, start: date
         for sourced in loaded.jobs:
             trigger = triggers.build(sourced.job, now=start)
             next_times[sourced.job.id] = triggers.next_fire_times(trigger, next_count, start)
-    return Report(loaded, problems, next_times)
+    return Report(loaded, problems, next_times, past_one_offs(loaded.jobs, start))
+
+
+def past_one_offs(jobs: Sequence[SourcedJob], now: datetime) -> list[Problem]:
+    """An `at:` past its misfire grace is normal in a repository (the one-off ran), but it
+    will never run: say so. Within the grace, applying it now would still run it."""
+    warnings = []
+    for sourced in jobs:
+        at = sourced.job.trigger.at
+        if at is None:
+            continue
+        moment = at if at.tzinfo else at.replace(tzinfo=ZoneInfo(sourced.job.zone))
+        ago = int((now - moment).total_seconds())
+        grace = sourced.job.misfire_grace_time
+        if ago > grace:
+            line, column = sourced.position("trigger")
+            message = (
+                f"warning: {moment.isoformat()} was {roughly(ago)} ago, beyond its misfire "
+                f"grace ({format_duration(grace)}); this job will never run"
+            )
+            warnings.append(
+                Problem(sourced.file, line, column, sourced.job.id, "trigger.at", message)
+            )
+    return warnings

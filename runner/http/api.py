@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 StatusName = Literal[
-    "running", "succeeded", "failed", "timed_out", "interrupted", "missed", "skipped"
+    "queued", "running", "succeeded", "failed", "timed_out", "interrupted", "missed", "skipped"
 ]
 
 
@@ -223,8 +223,13 @@ class Ready(BaseModel):
     scheduler_running: bool
     last_pass_error: str | None
     last_reconcile_error: str | None = Field(
-        description="The files' last problem; the last good jobs keep running, so not fatal."
+        description="The first of `reconcile_errors`, or the last store error; null when none."
     )
+    reconcile_errors: list[str] = Field(
+        description="Every problem of the job files now (`FILE:LINE:COL: ...`); not fatal: "
+        "a broken file's last valid jobs keep running and other files' changes apply."
+    )
+    broken_files: list[str] = Field(description="The job files that are invalid now.")
 
 
 class _Ping:
@@ -272,6 +277,8 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
         "scheduler_running": bool(scheduler.running),
         "last_pass_error": scheduler.last_pass_error,
         "last_reconcile_error": server.last_reconcile_error,
+        "reconcile_errors": list(server.reconcile_problems),
+        "broken_files": list(server.broken_files),
     }
     reason: str | None = None
     if server.stopping.is_set():
@@ -371,15 +378,26 @@ def router(server: Server) -> APIRouter:
     )
     def list_runs(
         job: Annotated[str | None, Query(description="Only this job's runs.")] = None,
+        status: Annotated[
+            list[StatusName] | None,
+            Query(description="Only runs with this status; repeat for several."),
+        ] = None,
+        since: Annotated[
+            datetime | None,
+            Query(description="Only fires scheduled at or after this time (ISO 8601)."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=100000)] = 50,
     ) -> list[dict[str, Any]]:
-        """Attempts, newest first, as `runner runs --output json`."""
+        """Attempts, newest first, as `runner runs --output json` (same filters)."""
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
         with (
             database_errors(server),
             server.engine.connect().execution_options(**{READ_ONLY: True}) as conn,
             conn.begin(),
         ):
-            return [history.run_as_json(r) for r in history.recent(conn, job, limit)]
+            rows = queries.runs(conn, job, status or (), since, limit)
+            return [history.run_as_json(r) for r in rows]
 
     @api.post(
         "/jobs/{job_id}/run",

@@ -174,10 +174,25 @@ def render(
         api_jobs_url=_e(request.url_for("runner_api_jobs").path),
         refresh=refresh,
         banner=f'<div class="banner {banner_kind}" role="status">{banner}</div>' if banner else "",
+        broken=_broken_files(server),
         control=_control_box(),
         rows="\n".join(_job_row(request, job, refresh) for job in jobs)
         or '    <tr><td colspan="6"><small>no jobs</small></td></tr>',
         failures="\n".join(failure_items),
+    )
+
+
+def _broken_files(server: Server) -> str:
+    """Broken job files first: an edit that did not apply is what an operator must not miss."""
+    problems = server.reconcile_problems
+    if not problems:
+        return ""
+    files = len(server.broken_files)
+    items = "".join(f"<li><code>{_e(p)}</code></li>" for p in problems)
+    return (
+        f'<div class="banner error" id="broken" role="alert"><strong>{files} broken job '
+        f"file(s)</strong>: their last valid jobs keep running, other files' changes apply, "
+        f"and no job is deleted until they are fixed.<ul>{items}</ul></div>"
     )
 
 

@@ -26,9 +26,10 @@ def database_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def masked(url: str) -> str:
-    """The URL with any password hidden, safe for logs and messages."""
+    """The URL with any password hidden, and as users write it (no `+driver`)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        return parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
 

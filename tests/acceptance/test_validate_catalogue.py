@@ -493,8 +493,12 @@ def test_malformed_input_is_reported_with_location(case: Case, app_env: Path) ->
     result = CliRunner().invoke(main, ["validate", "."])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output + result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln]
+    *lines, summary = [ln for ln in result.stderr.splitlines() if ln]
     assert lines, "no error line printed"
+    pattern = (
+        rf"error: {len(lines)} problem\(s\) in \d+ file\(s\); nothing is valid until all are fixed"
+    )
+    assert re.fullmatch(pattern, summary), summary
     matching = []
     for line in lines:
         m = ERROR_LINE.match(line)

@@ -87,6 +87,8 @@ def test_healthz_and_readyz_on_a_running_leader(client: httpx.Client) -> None:
         "scheduler_running": True,
         "last_pass_error": None,
         "last_reconcile_error": None,
+        "reconcile_errors": [],
+        "broken_files": [],
     }
 
 
@@ -108,6 +110,8 @@ def _stub(
     stub.scheduler = SimpleNamespace(running=running, last_pass_error=pass_error)
     stub.leadership = SimpleNamespace(leading=leading)
     stub.last_reconcile_error = None
+    stub.reconcile_problems = []
+    stub.broken_files = {}
     stub.engine = connect(db_url)
     stub.options = SimpleNamespace(db_url=db_url)
     return stub
@@ -120,6 +124,8 @@ class StubServer:
     scheduler: Any
     leadership: Any
     last_reconcile_error: str | None
+    reconcile_problems: list[str]
+    broken_files: dict[str, list[str]]
     engine: Any
     options: Any
 
