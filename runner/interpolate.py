@@ -6,6 +6,10 @@ collected so an error message that quotes them can be redacted before it is reco
 
 `${VAR:-default}` uses the default when VAR is unset or empty, as the shell does; `$$` is a
 literal `$`. A value is not interpolated again.
+
+A job reads only the variables the operator lists in `RUNNER_JOB_ENV` (comma-separated
+names, `PREFIX_*` for a prefix), never the runner's own `RUNNER_*` settings (its database
+URL, its HTTP token): the author of a job file is not trusted with the process environment.
 """
 
 from __future__ import annotations
@@ -17,10 +21,37 @@ from typing import Any
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
+ENV_JOB_ENV = "RUNNER_JOB_ENV"
+OWN_PREFIX = "RUNNER_"
+
+
 class MissingVariable(LookupError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"environment variable {name} is not set and has no default")
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"environment variable {name} is not set and has no default")
         self.name = name
+
+
+class ForbiddenVariable(MissingVariable):
+    """The variable exists or not, but a job may not read it."""
+
+    def __init__(self, name: str) -> None:
+        if name.startswith(OWN_PREFIX):
+            why = f"{OWN_PREFIX}* variables are the runner's own settings and never given to jobs"
+        else:
+            why = f"add it to {ENV_JOB_ENV} (comma-separated names, PREFIX_* for a prefix)"
+        super().__init__(name, f"environment variable {name} is not allowed for jobs: {why}")
+
+
+def variable_allowed(name: str, environ: Mapping[str, str]) -> bool:
+    if name.startswith(OWN_PREFIX):
+        return False
+    for entry in environ.get(ENV_JOB_ENV, "").split(","):
+        entry = entry.strip()
+        if entry.endswith("*") and name.startswith(entry[:-1]):
+            return True
+        if entry == name:
+            return True
+    return False
 
 
 REDACTED = "***"
@@ -36,6 +67,8 @@ def resolve_text(text: str, environ: Mapping[str, str], used: set[str] | None = 
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if not variable_allowed(name, environ):
+            raise ForbiddenVariable(name)
         value = environ.get(name)
         if default is not None and not value:  # as in the shell: unset or empty
             return default

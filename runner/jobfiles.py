@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import gc
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             names = sorted(
                 entry.name
                 for entry in os.scandir(path)
-                if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and entry.is_file()
+                if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and _not_dir(entry)
             )
             files.extend(str(path / name) for name in names)
         elif path.is_file():
@@ -86,6 +87,40 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             seen.add(real)
             unique.append(file)
     return unique, problems
+
+
+def _not_dir(entry: os.DirEntry[str]) -> bool:
+    """A symlink loop or a dangling link named `x.yaml` is listed, so reading it reports it."""
+    try:
+        return not entry.is_dir()
+    except OSError:
+        return True
+
+
+class Unreadable(Exception):
+    """A job file that cannot be read, and why, in words for a Problem."""
+
+
+def read_bounded(file: str) -> bytes:
+    """The bytes of a job file, read the one way `validate`, `apply` and `serve` all use.
+
+    Refuses what is not a regular file (a FIFO would block the reader forever) and never
+    reads more than one byte past MAX_FILE_BYTES, however large the file claims to be.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(file, flags)
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable("cannot read: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -123,11 +158,9 @@ def _load(paths: Sequence[str]) -> Loaded:
     jobs: list[SourcedJob] = []
     for file in files:
         try:
-            with open(file, "rb") as handle:
-                # One byte past the bound is enough to refuse it; never read a huge file whole.
-                data = handle.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            problems.append(Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}"))
+            data = read_bounded(file)
+        except Unreadable as exc:
+            problems.append(Problem(file, 1, 1, None, None, str(exc)))
             continue
         file_jobs, file_problems = parse_file(file, data)
         jobs.extend(file_jobs)

@@ -23,6 +23,9 @@ except ImportError:  # pragma: no cover - pure-Python fallback
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIAS_EXPANSION = 100_000
+MAX_VALUES = 250_000
+"""Values per file, aliases counted as expanded: each costs a few hundred bytes to hold with
+its position, so this bounds the memory one file can take (some 16,000 jobs fit)."""
 
 Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
@@ -215,9 +218,14 @@ class _Reader:
         next_event = self._next
         event = next_event()
         while type(event) is not _SequenceEnd:
+            if self._built > MAX_VALUES:
+                raise self._too_many(event, path)
             items.append(self._node(event, (*path, len(items))))
             event = next_event()
         return items
+
+    def _too_many(self, event: Any, path: Path) -> YamlProblem:
+        return _problem(event, f"the file holds more than {MAX_VALUES} values", path)
 
     def _mapping(self, path: Path) -> dict[str, object]:
         result: dict[str, object] = {}
@@ -226,6 +234,8 @@ class _Reader:
         next_event = self._next
         event = next_event()
         while type(event) is not _MappingEnd:
+            if self._built > MAX_VALUES:
+                raise self._too_many(event, path)
             key, tag = self._key(event, path)
             if key == "<<" and tag in (_PLAIN, _MERGE):
                 self._merge(next_event(), result, explicit, path)
