@@ -14,9 +14,12 @@ URL, its HTTP token): the author of a job file is not trusted with the process e
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
@@ -76,6 +79,7 @@ def resolve_text(text: str, environ: Mapping[str, str], used: set[str] | None = 
             raise MissingVariable(name)
         if used is not None:
             used.add(value)
+        _remember(value)
         return value
 
     return _TOKEN.sub(substitute, text)
@@ -95,11 +99,45 @@ def resolve(value: Any, environ: Mapping[str, str], used: set[str] | None = None
     return value
 
 
-def redact(text: str | None, secrets: set[str]) -> str | None:
+_resolved: set[str] = set()
+_resolved_lock = threading.Lock()
+
+
+def _remember(value: str) -> None:
+    if len(value) >= MIN_REDACTED and value not in _resolved:
+        with _resolved_lock:
+            _resolved.add(value)
+
+
+def resolved_values() -> frozenset[str]:
+    """Every value this process has handed to a job from the environment, so that logs and
+    the history can hide them wherever a job put them (a target may log its arguments)."""
+    with _resolved_lock:
+        return frozenset(_resolved)
+
+
+def spellings(secret: str) -> set[str]:
+    """The ways a value shows up in text: as is, inside `repr()` or JSON (newlines and
+    backslashes escaped), and URL-encoded."""
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+    }
+    return {form for form in forms if len(form) >= MIN_REDACTED}
+
+
+def redact(text: str | None, secrets: Iterable[str]) -> str | None:
     """`text` with every environment value that went into the call replaced by `***`."""
     if not text:
         return text
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_REDACTED:
-            text = text.replace(secret, REDACTED)
+    forms = {
+        form for secret in secrets if len(secret) >= MIN_REDACTED for form in spellings(secret)
+    }
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, REDACTED)
     return text
