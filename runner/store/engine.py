@@ -25,6 +25,7 @@ READ_ONLY = "runner_read_only"
 _SECRET_PARAMETER = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 """Query parameters libpq would take a secret from (`?password=`, `?sslpassword=`)."""
 
+_HIDDEN = "runner-hidden-value"
 _in_use: str | None = None
 
 
@@ -42,8 +43,9 @@ def masked(url: str) -> str:
     """The URL with any password hidden, in the authority or the query, safe for messages."""
     try:
         parsed = make_url(url)
-        hidden = {k: "***" for k in parsed.query if _SECRET_PARAMETER.search(k)}
-        return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+        hidden = {k: _HIDDEN for k in parsed.query if _SECRET_PARAMETER.search(k)}
+        shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+        return shown.replace(_HIDDEN, "***")
     except (ArgumentError, ValueError):
         return "<unparseable database URL>"
 
