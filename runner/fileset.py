@@ -95,8 +95,7 @@ class FileSet:
             return
         self._digests[file] = digest
         jobs, problems = jobfiles.parse_file(file, data)
-        if not problems:
-            problems = validate.check_targets(jobs, import_targets=True)
+        problems = [*problems, *validate.check_targets(jobs, import_targets=True)]
         if problems:
             self.bad[file] = problems
             kept = len(self.good.get(file, []))

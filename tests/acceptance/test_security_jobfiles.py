@@ -423,3 +423,46 @@ def test_apply_on_postgres_and_serve_http_import_no_planted_module(
         serve.terminate()
         serve.communicate(timeout=30)
     assert not marker.exists(), f"shadowed: {marker.read_text()}"
+
+
+# --- issue 13, defect 6: every problem is reported in one run -------------------------------
+
+
+def test_every_yaml_schema_and_target_problem_is_reported_at_once(tmp_path: Path) -> None:
+    jobs_file(
+        tmp_path,
+        """
+        jobs:
+          - id: one
+            target: sampleapp.jobs:tick
+            trigger: {interval: 1h}
+            coalesce: yes
+            paused: off
+            timeout: 10m
+            timeout: 20m
+          - id: one
+            target: sampleapp.jobs:tick
+            trigger: {interval: 1h}
+          - id: two
+            target: sampleapp.jobs:nope
+            trigger: {interval: 1h}
+          - id: three
+            target: sampleapp.jobs:tick
+            trigger: {interval: 0}
+          - id: four
+            target: sampleapp.jobs:send_report
+            kwargs: {nobody: 1}
+            trigger: {interval: 1h}
+        """,
+    )
+    result = runner(tmp_path, env_for(tmp_path), "validate", "jobs.yaml", "-o", "json")
+    assert result.returncode == 1
+    errors = {e["line"]: e["message"] for e in json.loads(result.stdout)["errors"]}
+    assert sorted(errors) == [6, 7, 9, 10, 14, 18, 20], errors
+    assert errors[6].startswith("'yes' is ambiguous")
+    assert errors[7].startswith("'off' is ambiguous")
+    assert errors[9] == "duplicate key 'timeout'"
+    assert errors[10] == "duplicate id, first defined at jobs.yaml:3"
+    assert errors[14] == "module 'sampleapp.jobs' has no attribute 'nope'"
+    assert errors[18] == "0: a duration must be positive"
+    assert errors[20].startswith("arguments do not match send_report")
