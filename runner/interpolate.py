@@ -85,6 +85,24 @@ def resolve_text(text: str, environ: Mapping[str, str], used: set[str] | None = 
     return _TOKEN.sub(substitute, text)
 
 
+def own_settings_named(value: Any) -> list[str]:
+    """The runner's own `RUNNER_*` variables a JSON value refers to, which no job may read:
+    `validate` can refuse them without knowing the environment jobs will run in."""
+    if isinstance(value, str):
+        if "${" + OWN_PREFIX not in value:
+            return []
+        return [
+            m.group(1)
+            for m in _TOKEN.finditer(value)
+            if m.group(1) and m.group(1).startswith(OWN_PREFIX)
+        ]
+    if isinstance(value, list):
+        return [name for item in value for name in own_settings_named(item)]
+    if isinstance(value, dict):
+        return [name for item in value.values() for name in own_settings_named(item)]
+    return []
+
+
 def resolve(value: Any, environ: Mapping[str, str], used: set[str] | None = None) -> Any:
     """A copy of a JSON value with every string interpolated (keys are left alone).
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runner import models
+from runner import interpolate, models
 from runner.errors import Problem
 from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, YamlProblems, read_yaml_all
 from runner.yamlread import Path as YamlPath
@@ -289,10 +289,17 @@ def _job(
         problems.extend(_from_pydantic(exc, base, job_name, locate, models.JobEntry))
         return None
     try:
-        return models.resolve(entry, defaults)
+        job = models.resolve(entry, defaults)
     except (ValueError, ValidationError) as exc:
         problems.append(locate(base, job_name, None, _message(exc)))
         return None
+    forbidden = [
+        locate((*base, field), job_name, field, str(interpolate.ForbiddenVariable(name)))
+        for field, value in (("args", job.args), ("kwargs", job.kwargs))
+        for name in interpolate.own_settings_named(value)
+    ]
+    problems.extend(forbidden)
+    return None if forbidden else job
 
 
 def _message(exc: Exception) -> str:

@@ -288,22 +288,35 @@ def test_a_module_not_under_an_allowed_prefix_is_never_imported(tmp_path: Path) 
 # --- 3. a job reads only the variables the operator allows ----------------------------------
 
 
-@pytest.mark.parametrize("name", ["RUNNER_HTTP_TOKEN", "RUNNER_DATABASE_URL", "HOME_SECRET"])
-def test_jobs_cannot_read_the_runners_own_or_unlisted_variables(tmp_path: Path, name: str) -> None:
-    secret = "s3cr3t-value-42"
-    env = env_for(tmp_path, RUNNER_JOB_ENV="APP_*,RUNNER_HTTP_TOKEN", **{name: secret})
-    body = f"""
+def _leak(name: str) -> str:
+    return f"""
         jobs:
           - id: leak
             target: sampleapp.jobs:echo_env
             args: ["${{{name}}}"]
             trigger: {{interval: 1h}}
         """
-    if name == "RUNNER_DATABASE_URL":
-        env.pop(name)  # the runner would use it; the point is the job may not read it
-    result = apply_and_run(tmp_path, env, body, "leak")
+
+
+@pytest.mark.parametrize("name", ["RUNNER_HTTP_TOKEN", "RUNNER_DATABASE_URL"])
+def test_job_files_naming_the_runners_own_settings_are_refused(tmp_path: Path, name: str) -> None:
+    jobs_file(tmp_path, _leak(name))
+    env = env_for(tmp_path, RUNNER_JOB_ENV="*", RUNNER_HTTP_TOKEN="s3cr3t-value-42")
+    for args in (["validate", "jobs.yaml", "--no-import"], ["apply", "jobs.yaml"]):
+        db = ["--db", "sqlite:///r.db"] if args[0] == "apply" else []
+        result = runner(tmp_path, env, *args, *db)
+        assert result.returncode == 1
+        assert f"job leak: args: environment variable {name} is not allowed" in result.stderr
+    assert not (tmp_path / "r.db").exists(), "nothing is applied"
+
+
+def test_jobs_cannot_read_unlisted_variables(tmp_path: Path) -> None:
+    secret = "s3cr3t-value-42"
+    env = env_for(tmp_path, RUNNER_JOB_ENV="APP_*", HOME_SECRET=secret)
+    result = apply_and_run(tmp_path, env, _leak("HOME_SECRET"), "leak")
     assert result.returncode == 1
-    assert f"environment variable {name} is not allowed for jobs" in result.stdout
+    assert "environment variable HOME_SECRET is not allowed for jobs" in result.stdout
+    assert "RUNNER_JOB_ENV" in result.stdout
     calls = tmp_path / "calls.jsonl"
     assert not calls.exists() or secret not in calls.read_text()
     assert all(secret not in str(row) for row in history(tmp_path))
