@@ -75,7 +75,7 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
                 if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and _not_dir(entry)
             )
             files.extend(str(path / name) for name in names)
-        elif path.is_file():
+        elif os.path.lexists(path):  # a file, or something reading will say is not one
             files.append(str(path))
         else:
             problems.append(Problem(str(path), 1, 1, None, None, "no such file or directory"))

@@ -52,9 +52,9 @@ _Loader = _BaseLoader
 """Only its parser is used: `get_event`, never its composer, constructor or resolver."""
 
 MAX_DEPTH = 100
+"""Nesting deeper than this is refused (a job file needs a handful of levels)."""
 MAX_PROBLEMS = 100
 """Problems reported per file before reading stops: enough to fix in one go, and bounded."""
-"""Nesting deeper than this is refused (a job file needs a handful of levels)."""
 
 _ScalarEvent = yaml.ScalarEvent
 _AliasEvent = yaml.AliasEvent
