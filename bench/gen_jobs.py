@@ -48,7 +48,7 @@ def _job(number: int, rng: random.Random, changed: bool) -> list[str]:
     alter_trigger = changed and number % 2 == 1
     if target == "heartbeat":
         message = f"job {number} says hi" + (" (v2)" if alter_kwargs else "")
-        lines.append(f'    kwargs: {{message: "{message}", path: "${{HB_DIR:-/tmp}}/{job_id}"}}')
+        lines.append(f'    kwargs: {{message: "{message}", path: "{job_id}.log"}}')
     elif target == "sleep":
         lines.append(f"    kwargs: {{seconds: {rng.randint(1, 30) + (1 if alter_kwargs else 0)}}}")
     else:

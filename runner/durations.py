@@ -7,6 +7,8 @@ import re
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"(\d+)([dhms])")
 _WHOLE = re.compile(r"(?:\d+[dhms])+")
+MAX_SECONDS = 3650 * 86400
+"""Ten years: longer is a typo, and would overflow date arithmetic far from the file."""
 
 
 def parse_duration(value: object) -> int:
@@ -30,6 +32,8 @@ def parse_duration(value: object) -> int:
         raise ValueError(f"expected a duration like 30s, 15m, 1h30m or 2d, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"{value!r}: a duration must be positive")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r}: a duration may be at most {MAX_SECONDS // 86400}d")
     return seconds
 
 

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters are written as escapes (`\\n`, `\\x00`).
+
+    Whatever a job file or a job puts into a message must never start a line of its own in
+    a report, a plan or a log, where it could pass for one the runner wrote.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RunnerError(Exception):
     """Root of every error the runner reports to a user."""
 
@@ -28,7 +39,7 @@ class Problem:
         if self.field:
             parts.append(self.field)
         parts.append(self.message)
-        return ": ".join(parts)
+        return printable(": ".join(parts))
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from runner import jobfiles, validate
 from runner.errors import Problem
@@ -86,9 +85,9 @@ class FileSet:
         if not by_content and self._stamps.get(file) == stamp and known:
             return
         try:
-            data = Path(file).read_bytes()
-        except OSError as exc:
-            self.bad[file] = [Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}")]
+            data = jobfiles.read_bounded(file)
+        except jobfiles.Unreadable as exc:
+            self.bad[file] = [Problem(file, 1, 1, None, None, str(exc))]
             return
         digest = hashlib.blake2b(data, digest_size=16).digest()
         self._stamps[file] = stamp
@@ -96,8 +95,7 @@ class FileSet:
             return
         self._digests[file] = digest
         jobs, problems = jobfiles.parse_file(file, data)
-        if not problems:
-            problems = validate.check_targets(jobs, import_targets=True)
+        problems = [*problems, *validate.check_targets(jobs, import_targets=True)]
         if problems:
             self.bad[file] = problems
             kept = len(self.good.get(file, []))

@@ -20,12 +20,46 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from runner import metrics
+from runner import interpolate, metrics
+from runner.errors import printable
 from runner.execute import Fire, Outcome, Status
 from runner.store import tables
 
 log = logging.getLogger("runner.history")
 runs = tables.runner_runs
+
+
+MAX_ERROR = 2000
+"""Characters kept of a run's error: one line, as `runner runs`, the API and the page show it."""
+MAX_TRACEBACK = 16384
+"""Characters kept of a traceback: its start and its end (where the exception is)."""
+
+
+def recorded_error(text: str | None) -> str | None:
+    """What is stored of an error: redacted, on one line, at most MAX_ERROR characters.
+
+    A job controls its exception's message, which must neither fill the database nor forge
+    lines where the history is shown.
+    """
+    if text is None:
+        return None
+    text = printable(_redacted(text)[: MAX_ERROR * 2])
+    return text if len(text) <= MAX_ERROR else f"{text[: MAX_ERROR - 24]}... (cut at {MAX_ERROR})"
+
+
+def recorded_traceback(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = _redacted(text)
+    if len(text) > MAX_TRACEBACK:
+        half = MAX_TRACEBACK // 2
+        cut = len(text) - 2 * half
+        text = f"{text[:half]}\n... ({cut} characters cut) ...\n{text[-half:]}"
+    return text
+
+
+def _redacted(text: str) -> str:
+    return interpolate.redact(text, interpolate.resolved_values()) or text
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -225,6 +259,9 @@ class Writer:
     def finished(
         self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
     ) -> None:
+        # Bounded in place: what the caller logs and prints afterwards is what was recorded.
+        outcome.error = recorded_error(outcome.error)
+        outcome.traceback = recorded_traceback(outcome.traceback)
         if outcome.status in (Status.MISSED, Status.SKIPPED):
             metrics.fire_marked(fire.job_id, outcome.status)
         else:

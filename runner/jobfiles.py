@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import gc
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runner import models, wording
+from runner import interpolate, models, wording
 from runner.errors import Problem
-from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, read_yaml
+from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, YamlProblems, read_yaml_all
 from runner.yamlread import Path as YamlPath
 
 ENV_JOBS = "RUNNER_JOBS"
@@ -71,10 +72,10 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             names = sorted(
                 entry.name
                 for entry in os.scandir(path)
-                if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and entry.is_file()
+                if entry.name.endswith(SUFFIXES) and not is_ignored(entry.name) and _not_dir(entry)
             )
             files.extend(str(path / name) for name in names)
-        elif path.is_file():
+        elif os.path.lexists(path):  # a file, or something reading will say is not one
             files.append(str(path))
         else:
             problems.append(Problem(str(path), 1, 1, None, None, "no such file or directory"))
@@ -86,6 +87,40 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[Problem]]:
             seen.add(real)
             unique.append(file)
     return unique, problems
+
+
+def _not_dir(entry: os.DirEntry[str]) -> bool:
+    """A symlink loop or a dangling link named `x.yaml` is listed, so reading it reports it."""
+    try:
+        return not entry.is_dir()
+    except OSError:
+        return True
+
+
+class Unreadable(Exception):
+    """A job file that cannot be read, and why, in words for a Problem."""
+
+
+def read_bounded(file: str) -> bytes:
+    """The bytes of a job file, read the one way `validate`, `apply` and `serve` all use.
+
+    Refuses what is not a regular file (a FIFO would block the reader forever) and never
+    reads more than one byte past MAX_FILE_BYTES, however large the file claims to be.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(file, flags)
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable("cannot read: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -123,11 +158,9 @@ def _load(paths: Sequence[str]) -> Loaded:
     jobs: list[SourcedJob] = []
     for file in files:
         try:
-            with open(file, "rb") as handle:
-                # One byte past the bound is enough to refuse it; never read a huge file whole.
-                data = handle.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            problems.append(Problem(file, 1, 1, None, None, f"cannot read: {exc.strerror}"))
+            data = read_bounded(file)
+        except Unreadable as exc:
+            problems.append(Problem(file, 1, 1, None, None, str(exc)))
             continue
         file_jobs, file_problems = parse_file(file, data)
         jobs.extend(file_jobs)
@@ -141,7 +174,7 @@ def _duplicate_ids(jobs: list[SourcedJob]) -> list[Problem]:
     problems = []
     for sourced in jobs:
         earlier = first.setdefault(sourced.job.id, sourced)
-        if earlier is not sourced:
+        if earlier is not sourced and earlier.file != sourced.file:  # same file: parse_file
             problems.append(
                 Problem(
                     sourced.file,
@@ -156,17 +189,34 @@ def _duplicate_ids(jobs: list[SourcedJob]) -> list[Problem]:
 
 
 def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]:
-    """All jobs of one file, or the problems; a broken file yields no jobs at all."""
+    """The jobs of one file that are valid, and every problem found in it.
+
+    A file with problems must not be applied, but its valid jobs are still returned so that
+    their targets are checked too: one run of `validate` reports everything.
+    """
+
+    def located(found: YamlProblem) -> Problem:
+        return Problem(file, found.line, found.column, None, None, found.message)
+
     try:
-        document, positions = read_yaml(data)
+        document, positions, yaml_problems = read_yaml_all(data)
+    except YamlProblems as exc:
+        return [], [*(located(p) for p in exc.earlier), located(exc)]
     except YamlProblem as exc:
-        return [], [Problem(file, exc.line, exc.column, None, None, exc.message)]
+        return [], [located(exc)]
+    jobs, problems = _parse_document(file, document, positions, yaml_problems)
+    return jobs, [*(located(p) for p in yaml_problems), *problems]
+
+
+def _parse_document(
+    file: str, document: object, positions: Positions, yaml_problems: list[YamlProblem]
+) -> tuple[list[SourcedJob], list[Problem]]:
     if document is None:
         msg = "file holds no jobs (empty or only comments); delete the file to remove its jobs"
         return [], [Problem(file, 1, 1, None, None, msg)]
     if not isinstance(document, dict):
         return [], [Problem(file, 1, 1, None, None, "expected a mapping with a jobs: list")]
-    locate = _Locator(file, positions)
+    locate = _Locator(file, positions, {p.path for p in yaml_problems if p.path})
     problems: list[Problem] = []
     for key in document:
         if key not in ("jobs", "defaults"):
@@ -183,13 +233,13 @@ def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]
         if len(key) == 3 and key[0] == "jobs":
             job_fields.setdefault(key[1], {})[str(key[2])] = where
     jobs: list[SourcedJob] = []
+    problems.extend(_duplicates_in_file(jobs_value, locate))
     for index, item in enumerate(jobs_value):
         job = _job(index, item, defaults, locate, problems)
         if job is not None:
             path: YamlPath = ("jobs", index)
             jobs.append(SourcedJob(job, file, locate.line(path), job_fields.get(index, {})))
-    if problems:
-        return [], problems
+    problems = [p for p in problems if p is not _SUPPRESSED]
     return jobs, problems
 
 
@@ -201,6 +251,23 @@ def _defaults(raw: object, locate: _Locator, problems: list[Problem]) -> models.
     except ValidationError as exc:
         problems.extend(_from_pydantic(exc, ("defaults",), None, locate, models.JobFields))
         return None
+
+
+def _duplicates_in_file(items: list[object], locate: _Locator) -> list[Problem]:
+    """Ids written twice in one file, valid jobs or not, so one run reports them too."""
+    first: dict[str, int] = {}
+    problems = []
+    for index, item in enumerate(items):
+        job_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(job_id, str):
+            continue
+        earlier = first.setdefault(job_id, index)
+        if earlier != index:
+            where = f"{locate.file}:{locate.line(('jobs', earlier))}"
+            problems.append(
+                locate(("jobs", index), job_id, "id", f"duplicate id, first defined at {where}")
+            )
+    return problems
 
 
 def _job(
@@ -222,10 +289,17 @@ def _job(
         problems.extend(_from_pydantic(exc, base, job_name, locate, models.JobEntry))
         return None
     try:
-        return models.resolve(entry, defaults)
+        job = models.resolve(entry, defaults)
     except (ValueError, ValidationError) as exc:
         problems.append(locate(base, job_name, None, _message(exc)))
         return None
+    forbidden = [
+        locate((*base, field), job_name, field, str(interpolate.ForbiddenVariable(name)))
+        for field, value in (("args", job.args), ("kwargs", job.kwargs))
+        for name in interpolate.own_settings_named(value)
+    ]
+    problems.extend(forbidden)
+    return None if forbidden else job
 
 
 def _message(exc: Exception) -> str:
@@ -289,12 +363,18 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_SUPPRESSED = Problem("", 0, 0, None, None, "")
+"""Stands for a schema problem at a value the YAML reader already reported."""
+
+
 class _Locator:
     """Finds the closest recorded position for a path into the document."""
 
-    def __init__(self, file: str, positions: Positions) -> None:
+    def __init__(self, file: str, positions: Positions, reported: set[YamlPath]) -> None:
         self.file = file
         self.positions = positions
+        self.reported = reported
+        """Paths with a YAML-level problem: a schema error there would say it twice."""
 
     def position(self, path: YamlPath) -> tuple[int, int]:
         for cut in range(len(path), -1, -1):
@@ -307,5 +387,7 @@ class _Locator:
         return self.position(path)[0]
 
     def __call__(self, path: YamlPath, job: str | None, field: str | None, message: str) -> Problem:
+        if self.reported and any(path[: len(r)] == r for r in self.reported):
+            return _SUPPRESSED
         line, column = self.position(path)
         return Problem(self.file, line, column, job, field, message)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,7 +51,16 @@ Duration = Annotated[
 
 TARGET_PATTERN = r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
-Timestamp = Annotated[datetime, Field(strict=False)]
+
+
+def _in_range(moment: datetime) -> datetime:
+    # Far ends overflow date arithmetic (offsets, jitter, grace) long after validation.
+    if not 1970 <= moment.year <= 9000:
+        raise ValueError(f"{moment.isoformat()} is out of range (years 1970 to 9000)")
+    return moment
+
+
+Timestamp = Annotated[datetime, Field(strict=False), AfterValidator(_in_range)]
 
 
 def _check_timezone(name: str | None) -> str | None:

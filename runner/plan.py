@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.errors import printable
 from runner.jobfiles import SourcedJob
 
 _NESTED = ("trigger", "retries", "kwargs", "labels")
 TRIGGER_FIELDS = frozenset({"trigger", "timezone"})
+_QUOTE_IF = re.compile(r"[\s,()\"]|->|^$")
+"""Text that could be read as plan syntax (separators, arrows) is shown JSON-quoted."""
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -71,11 +75,15 @@ class Plan:
         )
 
     def text_lines(self) -> list[str]:
-        lines = [f"+ create {job_id}" for job_id in self.create]
+        """One line per change; nothing from a job file can start a line (reviewers read
+        these in pull requests), so every key and value is shown on one line."""
+        lines = [f"+ create {printable(job_id)}" for job_id in self.create]
         for upd in self.update:
-            parts = ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, (o, n) in upd.changes.items())
-            lines.append(f"~ update {upd.id} ({parts})")
-        lines.extend(f"- delete {job_id}" for job_id in self.delete)
+            parts = ", ".join(
+                f"{_key(k)}: {_show(o)} -> {_show(n)}" for k, (o, n) in upd.changes.items()
+            )
+            lines.append(f"~ update {printable(upd.id)} ({parts})")
+        lines.extend(f"- delete {printable(job_id)}" for job_id in self.delete)
         for job_id, paused in sorted(self.overridden.items()):
             state = "paused" if paused else "resumed"
             lines.append(
@@ -100,9 +108,16 @@ class Plan:
 def _show(value: Any) -> str:
     if value is None:
         return "(none)"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False) if (" " in value or not value) else value
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, str) and value and value.isprintable() and not _QUOTE_IF.search(value):
+        return value
+    return printable(json.dumps(value, ensure_ascii=False, sort_keys=True))
+
+
+def _key(name: str) -> str:
+    """A field name; a kwargs or labels key that could pass for plan syntax is quoted."""
+    if name.isprintable() and not _QUOTE_IF.search(name):
+        return name
+    return printable(json.dumps(name, ensure_ascii=False))
 
 
 def flatten(spec: Mapping[str, Any]) -> dict[str, Any]:

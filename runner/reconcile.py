@@ -128,7 +128,11 @@ def read_generation(conn: Connection) -> int:
 
 def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
     by_id = {d.sourced.job.id: d for d in desired}
-    applied_by = f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry and no $USER (containers)
+        user = f"uid-{os.getuid()}"
+    applied_by = f"{user}@{socket.gethostname()}"
     _refuse_foreign(conn, plan.create)
 
     def runner_row(want: Desired) -> dict[str, Any]:

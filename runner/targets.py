@@ -4,15 +4,23 @@ A target is allowed only when the module that really defines the resolved object
 string the author wrote: `logging.os:system` is `posix.system`) lies under an allowed
 prefix. Allowed prefixes come from `RUNNER_ALLOWED_TARGETS` (comma-separated); the runner's
 own `runner.tasks` is always allowed.
+
+The working directory is never put on `sys.path`: a job repository holding `psycopg2.py` or
+`uvicorn.py` would otherwise replace the real modules inside `apply` and `serve`. Only the
+top-level packages of the allowed prefixes may be found there, and only when nothing
+installed already provides them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 BUILTIN_PREFIXES = ("runner.tasks",)
@@ -56,12 +64,37 @@ def _not_allowed(module: str, prefixes: Sequence[str]) -> str:
     )
 
 
+class _WorkingDirectoryFinder(importlib.abc.MetaPathFinder):
+    """Finds the allowed top-level packages in the working directory, and nothing else.
+
+    It sits last on `sys.meta_path`, so an installed module always wins over a file there.
+    """
+
+    def __init__(self) -> None:
+        self.allowed: set[str] = set()
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname not in self.allowed:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [os.getcwd()])
+
+
+_finder = _WorkingDirectoryFinder()
+
+
+def _allow_from_working_directory(prefixes: Iterable[str]) -> None:
+    _finder.allowed.update(p.split(".")[0] for p in prefixes if p)
+    if _finder not in sys.meta_path:
+        sys.meta_path.append(_finder)
+
+
 def resolve(target: str, prefixes: Sequence[str]) -> Callable[..., Any]:
     """Import and return the callable, or raise TargetError saying why not."""
     check_allowed_name(target, prefixes)
     module_name, attribute = split_target(target)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _allow_from_working_directory([module_name.split(".")[0]])
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:

@@ -23,6 +23,9 @@ except ImportError:  # pragma: no cover - pure-Python fallback
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIAS_EXPANSION = 100_000
+MAX_VALUES = 250_000
+"""Values per file, aliases counted as expanded: each costs a few hundred bytes to hold with
+its position, so this bounds the memory one file can take (some 16,000 jobs fit)."""
 
 Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
@@ -50,6 +53,8 @@ _Loader = _BaseLoader
 
 MAX_DEPTH = 100
 """Nesting deeper than this is refused (a job file needs a handful of levels)."""
+MAX_PROBLEMS = 100
+"""Problems reported per file before reading stops: enough to fix in one go, and bounded."""
 
 _ScalarEvent = yaml.ScalarEvent
 _AliasEvent = yaml.AliasEvent
@@ -155,6 +160,19 @@ class _Reader:
         self._anchors: dict[str, _Anchor | None] = {}
         self._built = 0
         self._expanded = 0
+        self.problems: list[YamlProblem] = []
+        """Problems that leave the file readable (ambiguous scalars, duplicate keys, tags), so
+        that every one is reported, not only the first."""
+
+    def _soft(self, problem: YamlProblem) -> None:
+        self.problems.append(problem)
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise YamlProblem(
+                f"more than {MAX_PROBLEMS} problems; stopped reading",
+                problem.line,
+                problem.column,
+                problem.path,
+            )
 
     def document(self) -> object:
         """The single document's value; None when the stream holds no document."""
@@ -188,11 +206,11 @@ class _Reader:
             raise _problem(event, f"nested more than {MAX_DEPTH} levels deep", path)
         if kind is _MappingStart:
             if event.tag is not None and event.tag not in ("!", _MAP):
-                raise _problem(event, f"tag {event.tag} is not allowed", path)
+                self._soft(_problem(event, f"tag {event.tag} is not allowed", path))
             return self._mapping(path)
         if kind is _SequenceStart:
             if event.tag is not None and event.tag not in ("!", _SEQ):
-                raise _problem(event, f"tag {event.tag} is not allowed", path)
+                self._soft(_problem(event, f"tag {event.tag} is not allowed", path))
             return self._sequence(path)
         raise _problem(event, "unsupported YAML node", path)  # pragma: no cover
 
@@ -204,20 +222,27 @@ class _Reader:
         elif tag == _STR:
             return event.value
         else:
-            raise _problem(event, f"tag {tag} is not allowed", path)
+            self._soft(_problem(event, f"tag {tag} is not allowed", path))
+            return event.value
         try:
             return _resolve_plain(event.value)
         except ValueError as exc:
-            raise _problem(event, str(exc), path) from None
+            self._soft(_problem(event, str(exc), path))
+            return event.value  # as text, so the rest of the file is still checked
 
     def _sequence(self, path: Path) -> list[object]:
         items: list[object] = []
         next_event = self._next
         event = next_event()
         while type(event) is not _SequenceEnd:
+            if self._built > MAX_VALUES:
+                raise self._too_many(event, path)
             items.append(self._node(event, (*path, len(items))))
             event = next_event()
         return items
+
+    def _too_many(self, event: Any, path: Path) -> YamlProblem:
+        return _problem(event, f"the file holds more than {MAX_VALUES} values", path)
 
     def _mapping(self, path: Path) -> dict[str, object]:
         result: dict[str, object] = {}
@@ -226,17 +251,22 @@ class _Reader:
         next_event = self._next
         event = next_event()
         while type(event) is not _MappingEnd:
+            if self._built > MAX_VALUES:
+                raise self._too_many(event, path)
             key, tag = self._key(event, path)
             if key == "<<" and tag in (_PLAIN, _MERGE):
                 self._merge(next_event(), result, explicit, path)
             else:
                 if tag != _PLAIN and tag != _STR:
-                    raise _problem(event, f"tag {tag} is not allowed", path)
+                    self._soft(_problem(event, f"tag {tag} is not allowed", path))
                 child = (*path, key)
-                if key in explicit:
-                    raise _problem(event, f"duplicate key {key!r}", child)
-                explicit.add(key)
                 value_event = next_event()
+                if key in explicit:
+                    self._soft(_problem(event, f"duplicate key {key!r}", child))
+                    self._node(value_event, ("<duplicate>", *child))  # read, then drop
+                    event = next_event()
+                    continue
+                explicit.add(key)
                 if type(value_event) is _ScalarEvent and value_event.anchor is None:
                     self._built += 1
                     result[key] = self._scalar(value_event, child)
@@ -255,10 +285,11 @@ class _Reader:
             if event.anchor is not None:
                 name = self._define(event, path)
                 value: object
-                try:  # what an alias to it means as a value; an error only if so used
-                    value = self._scalar(event, path)
-                except YamlProblem as exc:
-                    value = exc
+                # What an alias to it means as a value; a problem only if so used.
+                known = len(self.problems)
+                value = self._scalar(event, path)
+                if len(self.problems) > known:
+                    value = self.problems.pop()
                 self._anchors[name] = _Anchor(value, 1, [((), _mark(event))], (tag, event.value))
             return event.value, tag
         if kind is _AliasEvent:
@@ -300,7 +331,8 @@ class _Reader:
                 f"aliases expand into more than {MAX_ALIAS_EXPANSION} values", line, column, path
             )
         if isinstance(anchor.value, YamlProblem):
-            raise anchor.value
+            self._soft(anchor.value)
+            return anchor.key[1] if anchor.key else None
         self.placed.extend(((*path, *suffix), mark) for suffix, mark in anchor.positions)
         return anchor.value
 
@@ -332,6 +364,26 @@ class _Reader:
 
 def read_yaml(data: bytes) -> tuple[object, Positions]:
     """Parse one document; raise YamlProblem with a position for anything unacceptable."""
+    value, positions, problems = read_yaml_all(data)
+    if problems:
+        raise problems[0]
+    return value, positions
+
+
+class YamlProblems(YamlProblem):
+    """Reading stopped at `self`; `earlier` are the problems found before it."""
+
+    def __init__(self, stop: YamlProblem, earlier: list[YamlProblem]) -> None:
+        super().__init__(stop.message, stop.line, stop.column, stop.path)
+        self.earlier = earlier
+
+
+def read_yaml_all(data: bytes) -> tuple[object, Positions, list[YamlProblem]]:
+    """Parse one document; return it with every problem that still let it be read.
+
+    A value with a problem is kept as its text. A problem that stops reading (syntax, size,
+    aliases) raises YamlProblems, which carries the problems found before it.
+    """
     if len(data) > MAX_FILE_BYTES:
         raise YamlProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB", 1, 1)
     try:
@@ -344,15 +396,18 @@ def read_yaml(data: bytes) -> tuple[object, Positions]:
     reader = _Reader(loader.get_event)
     try:
         value = reader.document()
+    except YamlProblem as exc:
+        raise YamlProblems(exc, reader.problems) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
         if (mark is not None and "\t" in text[mark.index : mark.index + 1]) or "\\t" in reason:
             reason = "tab character; indent with spaces"
-        raise YamlProblem(f"YAML syntax: {reason}", line, column) from None
+        stop = YamlProblem(f"YAML syntax: {reason}", line, column)
+        raise YamlProblems(stop, reader.problems) from None
     except yaml.YAMLError as exc:
-        raise YamlProblem(f"YAML syntax: {exc}", 1, 1) from None
+        raise YamlProblems(YamlProblem(f"YAML syntax: {exc}", 1, 1), reader.problems) from None
     finally:
         loader.dispose()
-    return value, dict(reader.placed)
+    return value, dict(reader.placed), reader.problems

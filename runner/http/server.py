@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI
 
 from runner.errors import RunnerError
 from runner.http import api, page
+from runner.http.guard import Guard
 
 if TYPE_CHECKING:
     from runner.serve import Server
@@ -54,8 +55,12 @@ def build_app(server: Server) -> FastAPI:
         title="runner",
         version=_version(),
         description="Health, metrics and control of a `runner serve` node.",
+        # Swagger's page loads its code from a CDN; the schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.include_router(routes(server))
+    app.add_middleware(Guard)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -21,16 +22,33 @@ READ_ONLY = "runner_read_only"
 """Execution option for transactions that only read (SQLite then takes no write lock)."""
 
 
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+"""Query parameters libpq would take a secret from (`?password=`, `?sslpassword=`)."""
+
+_HIDDEN = "runner-hidden-value"
+_in_use: str | None = None
+
+
 def database_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(ENV_DATABASE) or DEFAULT_URL
 
 
+def database_in_use() -> str:
+    """The database this process's runner connected to, for built-in tasks that need it;
+    never a URL a job file could name."""
+    return _in_use or database_url_from_env()
+
+
 def masked(url: str) -> str:
-    """The URL with any password hidden, and as users write it (no `+driver`)."""
+    """The URL with any password hidden, in the authority or the query, safe for messages, and
+    as users write it (no `+driver`)."""
     try:
         parsed = make_url(url)
-        return parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
-    except ArgumentError:
+        parsed = parsed.set(drivername=parsed.get_backend_name())
+        hidden = {k: _HIDDEN for k in parsed.query if _SECRET_PARAMETER.search(k)}
+        shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+        return shown.replace(_HIDDEN, "***")
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
 
 
@@ -40,10 +58,14 @@ def is_postgres(engine: Engine) -> bool:
 
 def connect(url: str, **options: Any) -> Engine:
     """An engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
+    global _in_use
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"invalid database URL {masked(url)!r}") from None
+        parsed.port  # noqa: B018 - a non-numeric port raises here, not deep in the driver
+    except (ArgumentError, ValueError):
+        raise StoreError(
+            f"invalid database URL {masked(url)!r}; expected e.g. postgresql://user@host:5432/db"
+        ) from None
     if parsed.drivername in ("postgres", "postgresql"):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the runner ships psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg2")
@@ -51,7 +73,7 @@ def connect(url: str, **options: Any) -> Engine:
     try:
         if backend == "sqlite":
             engine = create_engine(parsed, **options)
-            _sqlite_transactions(engine)
+            _sqlite_transactions(engine, parsed.database)
         elif backend == "postgresql":
             engine = create_engine(
                 parsed, pool_pre_ping=True, executemany_mode="values_plus_batch", **options
@@ -60,15 +82,29 @@ def connect(url: str, **options: Any) -> Engine:
             raise StoreError(f"unsupported database {backend!r}; use postgresql:// or sqlite:///")
     except NoSuchModuleError:
         raise StoreError(f"no driver for {masked(url)!r}") from None
+    _in_use = url
     return engine
 
 
-def _sqlite_transactions(engine: Engine) -> None:
+def _make_private(database: str | None) -> None:
+    """A SQLite file the runner has just created is made readable by its owner only (its WAL
+    files take the same mode): it holds the run history, whose errors quote what jobs saw."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        if os.stat(database).st_size == 0:
+            os.chmod(database, 0o600)
+    except OSError:
+        pass
+
+
+def _sqlite_transactions(engine: Engine, database: str | None) -> None:
     # pysqlite defers BEGIN until the first write, which lets two writers interleave their
     # reads; BEGIN IMMEDIATE takes the write lock up front so applies serialise.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
+        _make_private(database)
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

@@ -21,7 +21,10 @@ from runner import execute
 from runner.execute import Fire, Outcome, Status, run_fire
 from runner.models import Retries
 
-ENV = {"RUNNER_ALLOWED_TARGETS": "sampleapp,test_execute"}
+ENV = {
+    "RUNNER_ALLOWED_TARGETS": "sampleapp,test_execute",
+    "RUNNER_JOB_ENV": "API_TOKEN,PASSWORD,NOT_SET_*",
+}
 EVENTS: list[tuple[str, Any]] = []
 RELEASE = threading.Event()
 

@@ -6,7 +6,13 @@ import pytest
 
 from runner.interpolate import MissingVariable, redact, resolve, resolve_text
 
-ENV = {"HOST": "db.example.com", "PORT": "5432", "EMPTY": "", "TOKEN": "abc${HOST}"}
+ENV = {
+    "HOST": "db.example.com",
+    "PORT": "5432",
+    "EMPTY": "",
+    "TOKEN": "abc${HOST}",
+    "RUNNER_JOB_ENV": "HOST,PORT,EMPTY,TOKEN,MISSING,NOPE",
+}
 
 
 @pytest.mark.parametrize(
