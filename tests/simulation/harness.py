@@ -12,8 +12,6 @@ the real `Runtime` and history `Writer` instead).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +32,6 @@ from runner.store import tables
 from runner.store.engine import connect
 
 NODE = "sim-node"
-SHM = Path("/dev/shm")
 FLUSH_EVERY = 3600.0
 """Real seconds between writes of next run times: persisting them is not what this tier
 checks, and a write per pass would cost more than the pass."""
@@ -175,6 +172,20 @@ class Sim:
         self.run_pass()
         return passes
 
+    def run_for(self, duration: timedelta, tick: timedelta = timedelta(seconds=1)) -> None:
+        """Let time pass like a wall clock: a pass every `tick` (whether or not anything is
+        due), as serve's loop wakes at least once a second."""
+        end = self.clock.now + duration
+        while self.clock.now < end:
+            self.clock.set(min(self.clock.now + tick, end))
+            self.run_pass()
+            self._wait_for_runs()
+
+    def stop(self) -> None:
+        """What serve's shutdown does for the schedule: save the next run times, then go."""
+        self.scheduler.flush()
+        self.close()
+
     def _wait_for_runs(self, deadline: float = 30.0) -> None:
         if self.writer is None:
             return
@@ -204,14 +215,3 @@ class Sim:
             self.writer.drain(10.0)
             self.writer.stop(0.0)
         self.engine.dispose()
-        database = self.engine.url.database
-        if database and database.startswith(str(SHM)):
-            shutil.rmtree(Path(database).parent, ignore_errors=True)
-
-
-def sqlite_url(directory: Path) -> str:
-    """A SQLite file in memory-backed storage where there is one: a pass commits its claims,
-    and on disk each commit waits for an fsync that this tier does not test."""
-    if SHM.is_dir():
-        return f"sqlite:///{tempfile.mkdtemp(dir=SHM, prefix='runner-sim-')}/sim.db"
-    return f"sqlite:///{directory / 'sim.db'}"
