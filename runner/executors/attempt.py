@@ -1,8 +1,11 @@
 """Run one fire of a job: its attempts, retries with backoff and timeout.
 
-Async targets run on the event loop and are cancelled at their timeout. Sync targets run in
-a worker thread: Python cannot kill a thread, so at the timeout the attempt is recorded as
-`timed_out` and the runner stops waiting, but the thread runs on until the function returns.
+Shared by every executor. Async targets run on the caller's event loop and are cancelled at
+their timeout. Sync targets go to a `SyncCalls` (a pool of child processes) that kills them
+at their timeout. Whatever a target raises, `SystemExit`, `CancelledError` or a custom
+`BaseException` included, is one failed attempt: it never reaches the event loop or the
+caller, and the job's retries apply. Errors that no retry can fix (a target not allowed or
+not importable, an unset variable) fail the fire at once.
 """
 
 from __future__ import annotations
@@ -12,54 +15,20 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from runner import interpolate, targets
+from runner.executors.base import Fire, Outcome, Recorder, Status, SyncCalls, TargetRaised
 from runner.models import Retries
 
+__all__ = ["Fire", "Outcome", "Recorder", "Status", "attempt", "retries_of", "run_fire", "run_job"]
+
 log = logging.getLogger("runner.execute")
-
-
-class Status:
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    INTERRUPTED = "interrupted"
-    MISSED = "missed"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True, slots=True)
-class Fire:
-    """One scheduled occurrence of a job."""
-
-    job_id: str
-    spec: Mapping[str, Any]
-    scheduled_at: datetime
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: str
-    error: str | None = None
-    traceback: str | None = None
-
-
-class Recorder(Protocol):
-    """Where attempts go; the history store in production, a list in unit tests."""
-
-    def started(self, fire: Fire, attempt: int, at: datetime) -> None: ...
-
-    def finished(
-        self, fire: Fire, attempt: int, at: datetime, duration: float, outcome: Outcome
-    ) -> None: ...
 
 
 def _now() -> datetime:
@@ -75,7 +44,8 @@ def _resolve(target: str, prefixes: tuple[str, ...]) -> Callable[..., Any]:
 
 @functools.lru_cache(maxsize=4096)
 def _is_async(func: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(func)
+    """Coroutine functions, and objects whose `__call__` is one, run on the event loop."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
 @functools.lru_cache(maxsize=64)
@@ -96,46 +66,58 @@ def retries_of(spec: Mapping[str, Any]) -> Retries:
         return Retries.model_validate(raw, strict=False)
 
 
-async def _call(
-    func: Callable[..., Any],
-    args: list[Any],
-    kwargs: dict[str, Any],
-    timeout: float | None,
-    threads: Executor | None,
+async def _call_async(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
 ) -> None:
-    if _is_async(func):
-        await asyncio.wait_for(func(*args, **kwargs), timeout)
-        return
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(threads, functools.partial(func, *args, **kwargs))
-    result = await asyncio.wait_for(asyncio.shield(future), timeout) if timeout else await future
-    if inspect.isawaitable(result):
-        await asyncio.wait_for(result, timeout)
+    """Await the target in this task, so that what it raises is caught here: in a task of its
+    own, SystemExit or KeyboardInterrupt would stop the event loop."""
+    task = asyncio.current_task()
+    async with asyncio.timeout(timeout):
+        try:
+            await func(*args, **kwargs)
+        except asyncio.CancelledError:
+            if task is not None and task.cancelling():
+                raise  # our timeout, or the runner stopping
+            raise TargetRaised(_describe(), traceback.format_exc()) from None
+        except BaseException:
+            raise TargetRaised(_describe(), traceback.format_exc()) from None
 
 
-async def attempt(fire: Fire, threads: Executor | None, environ: Mapping[str, str]) -> Outcome:
+def _describe() -> str:
+    exc = sys.exc_info()[1]
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # a __str__ that raises
+        return f"{type(exc).__name__}: <unprintable>"
+
+
+async def attempt(fire: Fire, calls: SyncCalls, environ: Mapping[str, str]) -> Outcome:
     """One attempt; never raises except CancelledError (shutdown)."""
     spec = fire.spec
     secrets: set[str] = set()
+    prefixes = _prefixes(environ.get(targets.ENV_ALLOWED, ""))
     try:
-        func = _resolve(spec["target"], _prefixes(environ.get(targets.ENV_ALLOWED, "")))
+        func = _resolve(spec["target"], prefixes)
         args = interpolate.resolve(spec.get("args", []), environ, secrets)
         kwargs = interpolate.resolve(spec.get("kwargs", {}), environ, secrets)
     except (targets.TargetError, interpolate.MissingVariable) as exc:
-        return Outcome(Status.FAILED, str(exc))
+        return Outcome(Status.FAILED, str(exc), permanent=True)
     timeout = spec.get("timeout")
     try:
-        await _call(func, args, kwargs, timeout, threads)
+        if _is_async(func):
+            await _call_async(func, args, kwargs, timeout)
+        else:
+            await calls.call(spec["target"], prefixes, args, kwargs, timeout, environ)
     except TimeoutError:
         return Outcome(Status.TIMED_OUT, f"timed out after {timeout}s")
-    except asyncio.CancelledError:
-        raise
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a job's sys.exit() is a failure
+    except targets.TargetError as exc:  # resolved here, but not where the call ran
+        return Outcome(Status.FAILED, str(exc), permanent=True)
+    except TargetRaised as exc:
         # The message and traceback may quote an argument: never record a resolved secret.
         return Outcome(
             Status.FAILED,
-            interpolate.redact(f"{type(exc).__name__}: {exc}", secrets),
-            interpolate.redact(traceback.format_exc(), secrets),
+            interpolate.redact(exc.error, secrets),
+            interpolate.redact(exc.traceback, secrets),
         )
     return Outcome(Status.SUCCEEDED)
 
@@ -143,12 +125,23 @@ async def attempt(fire: Fire, threads: Executor | None, environ: Mapping[str, st
 async def run_fire(
     fire: Fire,
     recorder: Recorder,
-    threads: Executor | None = None,
+    calls: SyncCalls | None = None,
     environ: Mapping[str, str] = os.environ,
     first_attempt: int = 1,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> Outcome:
-    """All attempts of one fire; waits between them as `retries` says."""
+    """All attempts of one fire; waits between them as `retries` says.
+
+    Without `calls`, sync targets get a process pool of their own for this fire.
+    """
+    if calls is None:
+        from runner.executors.processes import ProcessPool
+
+        pool = ProcessPool(warm=0)
+        try:
+            return await run_fire(fire, recorder, pool, environ, first_attempt, sleep)
+        finally:
+            pool.close()
     retries = retries_of(fire.spec)
     outcome = Outcome(Status.FAILED, "not run")
     for number in range(first_attempt, retries.max_attempts + 1):
@@ -167,7 +160,7 @@ async def run_fire(
                 extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
             )
         try:
-            outcome = await attempt(fire, threads, environ)
+            outcome = await attempt(fire, calls, environ)
         except asyncio.CancelledError:
             duration = time.monotonic() - clock
             recorder.finished(
@@ -196,7 +189,7 @@ async def run_fire(
                     "duration": duration,
                 },
             )
-        if outcome.status == Status.SUCCEEDED:
+        if outcome.status == Status.SUCCEEDED or outcome.permanent:
             break
     return outcome
 

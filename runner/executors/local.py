@@ -1,7 +1,9 @@
-"""Where runs execute: one asyncio loop in its own thread, plus a thread pool for sync targets.
+"""The local executor: runs execute in this process, on one asyncio loop in its own thread.
 
 The scheduling thread only decides and records; it never waits on a job. Async targets run
-on the loop; sync targets run in the pool, so neither kind blocks the other or the scheduler.
+on the loop; sync targets run in warm child processes (`processes.ProcessPool`), killed at
+their timeout, so neither kind blocks the other or the scheduler, and a hung sync target
+holds only its own job's capacity.
 """
 
 from __future__ import annotations
@@ -16,90 +18,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
 
 from runner.executors.attempt import Fire, Outcome, Recorder, Status, run_fire
+from runner.executors.processes import ProcessPool
 
 log = logging.getLogger("runner.runtime")
 
 SKIP_REASON = "previous run still going (max_instances)"
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class _Pool(concurrent.futures.ThreadPoolExecutor):
-    """The thread pool for sync targets: counts the calls running, and defers hand-offs.
-
-    A call submitted from the event loop thread reaches the workers only at the end of the
-    loop's current iteration, all at once: when a thousand runs start together, their
-    attempts all begin (and are recorded) before a single worker wakes up to compete with the
-    loop for the GIL.
-    """
-
-    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
-        super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
-        self._deferred: list[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = []
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called on the loop thread once it runs."""
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-
-    def submit(
-        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[R]:
-        call = functools.partial(fn, *args, **kwargs)
-        if self._loop is None or threading.get_ident() != self._loop_thread:
-            return super().submit(self._counted, call)
-        future: concurrent.futures.Future[R] = concurrent.futures.Future()
-        if not self._deferred:
-            self._loop.call_soon(self._release)
-        self._deferred.append((future, call))
-        return future
-
-    def _release(self) -> None:
-        deferred, self._deferred = self._deferred, []
-        for future, call in deferred:
-            try:
-                super().submit(self._into, future, call)
-            except RuntimeError as exc:  # shut down meanwhile
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(exc)
-
-    def _into(self, future: concurrent.futures.Future[Any], call: Callable[[], Any]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            result = self._counted(call)
-        except BaseException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    def _counted(self, call: Callable[[], R]) -> R:
-        with self._busy_lock:
-            self._busy += 1
-        try:
-            return call()
-        finally:
-            with self._busy_lock:
-                self._busy -= 1
-
-    @property
-    def busy(self) -> int:
-        with self._busy_lock:
-            return self._busy
-
 
 class Runtime:
-    def __init__(self, recorder: Recorder, max_threads: int = 32) -> None:
+    """Implements `base.Executor`. `warm` child processes are kept ready for sync targets."""
+
+    def __init__(self, recorder: Recorder, warm: int = 2) -> None:
         self.recorder = recorder
-        self.threads = _Pool(max_threads, thread_name_prefix="runner-job")
+        self.processes = ProcessPool(warm=warm)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="runner-loop", daemon=True)
         self._running: Counter[str] = Counter()
@@ -116,8 +49,15 @@ class Runtime:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.threads.attach(self.loop)
-        self.loop.run_forever()
+        self.loop.call_soon(self.processes.prewarm)
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except BaseException as exc:
+                # A task a target started itself raised SystemExit or KeyboardInterrupt,
+                # which asyncio lets out of the loop: every other run is still on it.
+                log.error("a job's task stopped the event loop (%r); it keeps running", exc)
 
     def start(self) -> None:
         self._thread.start()
@@ -132,8 +72,8 @@ class Runtime:
             return sum(self._running.values())
 
     def busy_threads(self) -> int:
-        """Sync targets still executing in the pool (they cannot be cancelled)."""
-        return self.threads.busy
+        """Sync targets still executing (none once stopped: their processes are killed)."""
+        return self.processes.busy
 
     def try_submit(self, fire: Fire, max_instances: int, first_attempt: int = 1) -> bool:
         """Start the fire unless the job already has `max_instances` runs going."""
@@ -264,7 +204,7 @@ class Runtime:
         for index, fire in enumerate(fires):
             try:
                 outcome = await run_fire(
-                    fire, self.recorder, self.threads, first_attempt=first_attempt
+                    fire, self.recorder, self.processes, first_attempt=first_attempt
                 )
             except asyncio.CancelledError:
                 now = datetime.now(UTC)
@@ -313,7 +253,7 @@ class Runtime:
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self.loop.close()
-        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.processes.close()
         return cancelled
 
     async def _cancel_all(self) -> int:
