@@ -8,6 +8,7 @@ so what they do is seen through files.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -31,11 +32,6 @@ EVENTS: list[tuple[str, Any]] = []
 
 def write_pid(path: str) -> None:
     Path(path).write_text(str(os.getpid()))
-
-
-def write_pid_and_hang(path: str) -> None:
-    Path(path).write_text(str(os.getpid()))
-    time.sleep(60)
 
 
 async def record_async(value: object = None) -> None:
@@ -201,14 +197,14 @@ def test_one_attempt_by_default_and_first_attempt_offset() -> None:
 
 def test_real_wait_between_attempts(calls: dict[str, str]) -> None:
     retries = {"max_attempts": 2, "delay": 1, "backoff": 2}
-    started = time.monotonic()
     outcome, recorder = run(
         fire("sampleapp.jobs:flaky", kwargs={"fail_times": 1}, retries=retries), calls
     )
     assert outcome.status == Status.SUCCEEDED
     first, second = (at for _, _, at in recorder.started_calls)
-    assert (second - first).total_seconds() == pytest.approx(1.0, abs=0.2)
-    assert time.monotonic() - started < 2
+    first_duration = recorder.finished_calls[0][3]
+    waited = (second - first).total_seconds() - first_duration
+    assert waited == pytest.approx(1.0, abs=0.2)
 
 
 @pytest.mark.parametrize(
@@ -229,16 +225,16 @@ def test_async_timeout_cancels_the_coroutine() -> None:
     assert recorder.statuses == [Status.TIMED_OUT]
 
 
-def test_sync_timeout_kills_the_process(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
+def test_sync_timeout_kills_the_process(calls: dict[str, str]) -> None:
     started = time.monotonic()
-    outcome, _ = run(
-        fire("test_attempts_fire:write_pid_and_hang", args=[str(pid_file)], timeout=0.5)
-    )
+    outcome, _ = run(fire("sampleapp.jobs:slow", kwargs={"seconds": 60}, timeout=2), calls)
     assert outcome.status == Status.TIMED_OUT
-    assert outcome.error == "timed out after 0.5s"
-    assert time.monotonic() - started < 10  # not the target's 60 s
-    pid = int(pid_file.read_text())
+    assert outcome.error == "timed out after 2s"
+    assert time.monotonic() - started < 30  # not the target's 60 s
+    lines = [json.loads(line) for line in Path(calls["SAMPLEAPP_CALLS"]).read_text().splitlines()]
+    assert [line["name"] for line in lines] == ["slow_start"]
+    pid = lines[0]["pid"]
+    assert pid != os.getpid()
     deadline = time.monotonic() + 10  # killed at once, reaped in the background
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
