@@ -107,7 +107,9 @@ async def attempt(fire: Fire, calls: SyncCalls, environ: Mapping[str, str]) -> O
         if _is_async(func):
             await _call_async(func, args, kwargs, timeout)
         else:
-            await calls.call(spec["target"], prefixes, args, kwargs, timeout, environ)
+            await calls.call(
+                spec["target"], prefixes, args, kwargs, timeout, environ, key=fire.job_id
+            )
     except TimeoutError:
         return Outcome(Status.TIMED_OUT, f"timed out after {timeout}s")
     except targets.TargetError as exc:  # resolved here, but not where the call ran

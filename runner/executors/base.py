@@ -67,7 +67,8 @@ class SyncCalls(Protocol):
 
     Raises TimeoutError at the timeout (the call is stopped), TargetRaised when the target
     raised, `targets.TargetError` when it cannot be resolved where it runs. On cancellation
-    the call is stopped too.
+    the call is stopped too. `key` names the job, so that one job's hangs can be kept from
+    using capacity others need.
     """
 
     async def call(
@@ -78,6 +79,7 @@ class SyncCalls(Protocol):
         kwargs: dict[str, Any],
         timeout: float | None,
         environ: Mapping[str, str],
+        key: str | None = None,
     ) -> None: ...
 
 

@@ -9,7 +9,6 @@ its timeout, or when its runs are cancelled after the shutdown grace) and then k
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import os
@@ -54,6 +53,7 @@ def _run(conn: Connection, task: tuple[Any, ...]) -> tuple[Any, ...]:
     try:
         result = func(*args, **kwargs)
         if inspect.isawaitable(result):
+            import asyncio  # only then: it takes most of a child's start-up
 
             async def wait() -> None:
                 await result
@@ -72,11 +72,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def main() -> None:
-    """Entry point of `python -P -c`: argv holds the socket to the runner and the alive pipe."""
+    """Entry point of `python -P -c`: argv: the socket to the runner, the alive pipe, a niceness."""
+    if int(sys.argv[3]):
+        os.nice(int(sys.argv[3]))
     conn = Connection(int(sys.argv[1]))
     _die_with_parent(int(sys.argv[2]))
-    sys.path[:] = conn.recv()
-    conn.send("ready")
+    sys.path[:] = list(conn.recv())
+    conn.send(("ready",))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:

@@ -30,7 +30,7 @@ SKIP_REASON = "previous run still going (max_instances)"
 class Runtime:
     """Implements `base.Executor`. `warm` child processes are kept ready for sync targets."""
 
-    def __init__(self, recorder: Recorder, warm: int = 2) -> None:
+    def __init__(self, recorder: Recorder, warm: int = 4) -> None:
         self.recorder = recorder
         self.processes = ProcessPool(warm=warm)
         self.loop = asyncio.new_event_loop()

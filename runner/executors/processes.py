@@ -52,6 +52,10 @@ _ALL: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
 BOOT_TIMEOUT = 60.0
+MAX_SUSPECTS = 10_000
+SUSPECT_NICE = 10
+"""A job whose last call was killed gets its next in a new process this much nicer (used
+once), so that its restarts and its work yield the CPU to well-behaved jobs."""
 _BOOT = "from runner.executors.child import main; main()"
 _HOME = os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__)))
 
@@ -87,6 +91,8 @@ class _Child:
         self.calls = 0
         self.environ: dict[str, str] | None = None
         self.idle_since = time.monotonic()
+        self.disposable = False
+        """Started for a suspect job at a lower priority: used once."""
 
     def send(self, task: tuple[Any, ...]) -> None:
         self.conn.send(task)
@@ -112,8 +118,9 @@ class _Child:
             loop.remove_reader(fd)
 
     def _death(self) -> str:
+        # On the loop: its socket is closed, so it is gone or nearly; do not wait long.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(1.0)  # it is gone or going: its socket is closed
+            self.process.wait(0.2)
         code = self.process.returncode
         if code is not None and code < 0:
             with contextlib.suppress(ValueError):
@@ -146,6 +153,8 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
         self._starting = 0
+        self._suspects: dict[str, None] = {}
+        """Callers whose last call was killed, oldest first."""
         self._closed = False
         self._cull_handle: asyncio.TimerHandle | None = None
         self._cull_loop: asyncio.AbstractEventLoop | None = None
@@ -164,13 +173,13 @@ class ProcessPool:
         return [c.process.pid for c in [*self._idle, *self._busy]]
 
     # --- starting children -------------------------------------------------------------
-    def _start_blocking(self) -> _Child:
+    def _start_blocking(self, nice: int = 0) -> _Child:
         parent_end, child_end = socket.socketpair()
         alive_r, alive_w = os.pipe()
         fds = (child_end.fileno(), alive_r)
         try:
             process = subprocess.Popen(
-                [sys.executable, "-P", "-c", _BOOT, *map(str, fds)],
+                [sys.executable, "-P", "-c", _BOOT, *map(str, (*fds, nice))],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 env=_boot_environ(),
@@ -182,29 +191,39 @@ class ProcessPool:
         finally:
             child_end.close()
             os.close(alive_r)
-        conn = Connection(parent_end.detach())
-        child = _Child(process, conn, alive_w)
+        child = _Child(process, Connection(parent_end.detach()), alive_w)
+        child.disposable = nice > 0
         try:
-            conn.send(list(sys.path))
-            # Booted and ready: its start never counts against a call's timeout.
-            if not conn.poll(BOOT_TIMEOUT) or conn.recv() != "ready":
-                raise OSError(f"no answer within {BOOT_TIMEOUT}s")
-        except (OSError, EOFError) as exc:
+            child.send(tuple(sys.path))
+        except OSError:
             child.kill()
             child.reap()
-            raise RuntimeError(f"a process for sync targets did not start: {exc}") from None
+            raise
         return child
 
-    async def _start(self) -> _Child:
+    async def _start(self, nice: int = 0) -> _Child:
+        """A child that has booted: its start never counts against a call's timeout. Only
+        the fork and exec use a helper thread; children boot in parallel."""
         self._starting += 1
-        started = _HELPERS.submit(self._start_blocking)
+        started = _HELPERS.submit(self._start_blocking, nice)
         try:
-            return await asyncio.wrap_future(started)
+            child = await asyncio.wrap_future(started)
         except asyncio.CancelledError:
             started.add_done_callback(_discard)  # in the helper thread, loop or no loop
             raise
         finally:
             self._starting -= 1
+        try:
+            async with asyncio.timeout(BOOT_TIMEOUT):
+                ready = await child.receive()
+            if ready != ("ready",):
+                raise ChildDied(f"unexpected first message {ready!r}", None)
+        except BaseException as exc:
+            self._retire(child)
+            if isinstance(exc, Exception):
+                raise RuntimeError(f"a process for sync targets did not start: {exc}") from None
+            raise
+        return child
 
     def prewarm(self) -> None:
         """On the loop: start children until `warm` are idle or starting."""
@@ -222,14 +241,14 @@ class ProcessPool:
         else:
             self._idle.append(child)
 
-    async def _take(self) -> _Child:
-        while self._idle:
+    async def _take(self, fresh: bool = False) -> _Child:
+        while self._idle and not fresh:
             child = self._idle.pop()
             if child.alive():
                 break
             self._retire(child)
         else:
-            child = await self._start()
+            child = await self._start(SUSPECT_NICE if fresh else 0)
         self._busy.add(child)
         if not self._closed:
             self.prewarm()
@@ -237,7 +256,7 @@ class ProcessPool:
 
     def _give_back(self, child: _Child) -> None:
         self._busy.discard(child)
-        if self._closed or child.calls >= self.max_tasks:
+        if self._closed or child.disposable or child.calls >= self.max_tasks:
             self._retire(child)
             return
         child.idle_since = time.monotonic()
@@ -277,10 +296,14 @@ class ProcessPool:
         kwargs: dict[str, Any],
         timeout: float | None,
         environ: Mapping[str, str],
+        key: str | None = None,
     ) -> None:
+        """`key` names the caller (the job): a job whose last call had to be killed starts
+        its next one in a new, lower-priority process of its own, so its hangs never use up
+        the warm children nor the CPU that others need."""
         if self._closed:
             raise RuntimeError("the process pool is closed")
-        child = await self._take()
+        child = await self._take(fresh=key is not None and key in self._suspects)
         wanted = dict(environ)
         sent_environ = None if child.environ == wanted else wanted
         reply: tuple[Any, ...] | None = None
@@ -296,7 +319,13 @@ class ProcessPool:
         finally:
             if reply is None:  # timed out, cancelled, or the child died: it must not go on
                 self._retire(child)
+                if key is not None:
+                    self._suspects[key] = None
+                    while len(self._suspects) > MAX_SUSPECTS:
+                        del self._suspects[next(iter(self._suspects))]
             else:
+                if key is not None:
+                    self._suspects.pop(key, None)
                 child.environ = wanted
                 child.calls += 1
                 self._give_back(child)
