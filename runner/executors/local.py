@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -25,13 +26,18 @@ from runner.executors.processes import ProcessPool
 log = logging.getLogger("runner.runtime")
 
 SKIP_REASON = "previous run still going (max_instances)"
+WARM_ENV = "RUNNER_WARM_PROCESSES"
+DEFAULT_WARM = 4
 
 
 class Runtime:
-    """Implements `base.Executor`. `warm` child processes are kept ready for sync targets."""
+    """Implements `base.Executor`. `warm` child processes (default: $RUNNER_WARM_PROCESSES,
+    else 4) are kept ready for sync targets."""
 
-    def __init__(self, recorder: Recorder, warm: int = 4) -> None:
+    def __init__(self, recorder: Recorder, warm: int | None = None) -> None:
         self.recorder = recorder
+        if warm is None:
+            warm = int(os.environ.get(WARM_ENV, "") or DEFAULT_WARM)
         self.processes = ProcessPool(warm=warm)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="runner-loop", daemon=True)
