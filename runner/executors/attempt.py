@@ -121,6 +121,10 @@ async def attempt(fire: Fire, calls: SyncCalls, environ: Mapping[str, str]) -> O
             interpolate.redact(exc.error, secrets),
             interpolate.redact(exc.traceback, secrets),
         )
+    except Exception as exc:  # no process could be started for it, or the pool is closing
+        return Outcome(
+            Status.FAILED, interpolate.redact(f"could not run the target: {exc}", secrets)
+        )
     return Outcome(Status.SUCCEEDED)
 
 

@@ -257,6 +257,11 @@ class Runtime:
                 )
             except (concurrent.futures.TimeoutError, RuntimeError) as exc:
                 log.warning("runs did not stop after being cancelled: %r", exc)
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self.processes.shutdown(), self.loop).result(10)
+            except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+                log.warning("processes for sync targets did not stop: %r", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

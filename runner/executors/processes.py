@@ -153,6 +153,9 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
         self._starting = 0
+        self._warming: set[asyncio.Task[None]] = set()
+        self._booting: set[_Child] = set()
+        """Started, not yet ready: `close` must find them too."""
         self._suspects: dict[str, None] = {}
         """Callers whose last call was killed, oldest first."""
         self._closed = False
@@ -213,28 +216,51 @@ class ProcessPool:
             raise
         finally:
             self._starting -= 1
+        if self._closed:
+            self._retire(child)
+            raise RuntimeError("the process pool is closed")
+        self._booting.add(child)
         try:
             async with asyncio.timeout(BOOT_TIMEOUT):
                 ready = await child.receive()
             if ready != ("ready",):
                 raise ChildDied(f"unexpected first message {ready!r}", None)
         except BaseException as exc:
+            self._booting.discard(child)
             self._retire(child)
             if isinstance(exc, Exception):
                 raise RuntimeError(f"a process for sync targets did not start: {exc}") from None
             raise
+        self._booting.discard(child)
+        if self._closed:
+            self._retire(child)
+            raise RuntimeError("the process pool is closed")
         return child
 
     def prewarm(self) -> None:
         """On the loop: start children until `warm` are idle or starting."""
+        if self._closed:
+            return
         for _ in range(self.warm - len(self._idle) - self._starting):
-            asyncio.get_running_loop().create_task(self._add_idle())
+            task = asyncio.get_running_loop().create_task(self._add_idle())
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def shutdown(self) -> None:
+        """On the loop, before it stops: stop warming up, then kill every child."""
+        self._closed = True
+        for task in list(self._warming):
+            task.cancel()
+        if self._warming:
+            await asyncio.wait(list(self._warming), timeout=5)
+        self.close()
 
     async def _add_idle(self) -> None:
         try:
             child = await self._start()
         except Exception as exc:
-            log.warning("could not start a process for sync targets: %r", exc)
+            if not self._closed:
+                log.warning("could not start a process for sync targets: %r", exc)
             return
         if self._closed:
             self._retire(child)
@@ -338,8 +364,8 @@ class ProcessPool:
     def close(self) -> None:
         """Kill every child now (their calls are over or abandoned)."""
         self._closed = True
-        children = [*self._idle, *self._busy]
-        self._idle, self._busy = [], set()
+        children = [*self._idle, *self._busy, *self._booting]
+        self._idle, self._busy, self._booting = [], set(), set()
         if self._cull_handle is not None:
             self._cull_handle.cancel()
             self._cull_handle = None
