@@ -131,8 +131,10 @@ class _Child:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.kill()
+        """SIGKILL to its process group: what the target started itself ends with it."""
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.conn.close()
         with contextlib.suppress(OSError):
             os.close(self.alive_fd)
@@ -185,6 +187,7 @@ class ProcessPool:
                 [sys.executable, "-P", "-c", _BOOT, *map(str, (*fds, nice))],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group, killed as one
                 env=_boot_environ(),
             )
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 
@@ -56,4 +57,11 @@ def sync_dies() -> None:
 
 def hang(label: str = "hang") -> None:
     _record("hang_start", label=label)
+    time.sleep(3600)
+
+
+def hang_with_grandchild() -> None:
+    """Starts a process of its own, then hangs: a timeout must end both."""
+    grandchild = subprocess.Popen(["sleep", "3600"])
+    _record("grandchild", grandchild=grandchild.pid)
     time.sleep(3600)

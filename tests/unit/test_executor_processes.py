@@ -96,6 +96,25 @@ def test_a_killed_jobs_next_call_gets_a_new_process_of_its_own(tmp_path: Path) -
     wait_for(lambda: not alive(hang["pid"]), 10, "the hung child to be gone")
 
 
+def test_a_timeout_also_ends_the_processes_the_target_started(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    env = {"SAMPLEAPP_CALLS": str(calls)}
+    target = "sampleapp.misbehaving:hang_with_grandchild"
+
+    async def main() -> None:
+        pool = ProcessPool(warm=0)
+        try:
+            with pytest.raises(TimeoutError):
+                await pool.call(target, PREFIXES, [], {}, 2, env)
+        finally:
+            pool.close()
+
+    asyncio.run(main())
+    (started,) = calls_of(calls)
+    wait_for(lambda: not alive(started["pid"]), 10, "the target's process to end")
+    wait_for(lambda: not alive(started["grandchild"]), 10, "the process it started to end")
+
+
 def test_a_child_that_dies_or_raises_base_exceptions_is_reported(tmp_path: Path) -> None:
     env = {"SAMPLEAPP_CALLS": str(tmp_path / "calls.jsonl")}
 
