@@ -1,16 +1,19 @@
 """Run one fire of a job: its attempts, retries with backoff and timeout.
 
 Shared by every executor. Async targets run on the caller's event loop and are cancelled at
-their timeout. Sync targets go to a `SyncCalls` (a pool of child processes) that kills them
-at their timeout. Whatever a target raises, `SystemExit`, `CancelledError` or a custom
-`BaseException` included, is one failed attempt: it never reaches the event loop or the
-caller, and the job's retries apply. Errors that no retry can fix (a target not allowed or
-not importable, an unset variable) fail the fire at once.
+their timeout. A sync target with a timeout goes to a `SyncCalls` (a pool of child
+processes) that kills it at its timeout; one without a timeout, which nothing would stop,
+runs in a thread, where it starts at once and costs no process. Whatever a target raises,
+`SystemExit`, `CancelledError` or a custom `BaseException` included, or a child process
+that dies, is one failed attempt: it never reaches the event loop or the caller, and the
+job's retries apply. Errors that no retry can fix (a target not allowed or not importable,
+an unset variable) fail the fire at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -91,7 +94,29 @@ def _describe() -> str:
         return f"{type(exc).__name__}: <unprintable>"
 
 
-async def attempt(fire: Fire, calls: SyncCalls, environ: Mapping[str, str]) -> Outcome:
+async def _call_in_thread(
+    func: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    threads: concurrent.futures.Executor | None,
+) -> None:
+    def guarded() -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BaseException:  # SystemExit or a custom BaseException must not end the thread
+            raise TargetRaised(_describe(), traceback.format_exc()) from None
+
+    result = await asyncio.get_running_loop().run_in_executor(threads, guarded)
+    if inspect.isawaitable(result):
+        await _call_async(lambda: result, [], {}, None)
+
+
+async def attempt(
+    fire: Fire,
+    calls: SyncCalls,
+    environ: Mapping[str, str],
+    threads: concurrent.futures.Executor | None = None,
+) -> Outcome:
     """One attempt; never raises except CancelledError (shutdown)."""
     spec = fire.spec
     secrets: set[str] = set()
@@ -106,6 +131,8 @@ async def attempt(fire: Fire, calls: SyncCalls, environ: Mapping[str, str]) -> O
     try:
         if _is_async(func):
             await _call_async(func, args, kwargs, timeout)
+        elif not timeout:  # nothing to stop it for: a thread starts in microseconds
+            await _call_in_thread(func, args, kwargs, threads)
         else:
             await calls.call(
                 spec["target"], prefixes, args, kwargs, timeout, environ, key=fire.job_id
@@ -135,6 +162,7 @@ async def run_fire(
     environ: Mapping[str, str] = os.environ,
     first_attempt: int = 1,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    threads: concurrent.futures.Executor | None = None,
 ) -> Outcome:
     """All attempts of one fire; waits between them as `retries` says.
 
@@ -145,7 +173,7 @@ async def run_fire(
 
         pool = ProcessPool(warm=0)
         try:
-            return await run_fire(fire, recorder, pool, environ, first_attempt, sleep)
+            return await run_fire(fire, recorder, pool, environ, first_attempt, sleep, threads)
         finally:
             pool.close()
     retries = retries_of(fire.spec)
@@ -166,7 +194,7 @@ async def run_fire(
                 extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
             )
         try:
-            outcome = await attempt(fire, calls, environ)
+            outcome = await attempt(fire, calls, environ, threads)
         except asyncio.CancelledError:
             duration = time.monotonic() - clock
             recorder.finished(

@@ -1,9 +1,10 @@
 """The local executor: runs execute in this process, on one asyncio loop in its own thread.
 
 The scheduling thread only decides and records; it never waits on a job. Async targets run
-on the loop; sync targets run in warm child processes (`processes.ProcessPool`), killed at
-their timeout, so neither kind blocks the other or the scheduler, and a hung sync target
-holds only its own job's capacity.
+on the loop; sync targets with a timeout run in warm child processes
+(`processes.ProcessPool`), killed at their timeout, and those without one in threads, so
+neither kind blocks the other or the scheduler, and a hung sync target holds only its own
+job's capacity.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from runner.executors.attempt import Fire, Outcome, Recorder, Status, run_fire
 from runner.executors.base import Executor
@@ -30,6 +31,40 @@ log = logging.getLogger("runner.runtime")
 SKIP_REASON = "previous run still going (max_instances)"
 WARM_ENV = "RUNNER_WARM_PROCESSES"
 DEFAULT_WARM = 4
+MAX_THREADS = 4096
+"""Only a bound against runaway: what bounds a job is its `max_instances`."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Threads(concurrent.futures.ThreadPoolExecutor):
+    """Sync targets without a timeout. Elastic, like the process pool: an idle thread is
+    reused, else one is added, so a job that hangs holds only its own `max_instances`."""
+
+    def __init__(self) -> None:
+        super().__init__(MAX_THREADS, thread_name_prefix="runner-job")
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]:
+        return super().submit(self._counted, functools.partial(fn, *args, **kwargs))
+
+    def _counted(self, call: Callable[[], R]) -> R:
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return call()
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    @property
+    def busy(self) -> int:
+        with self._busy_lock:
+            return self._busy
 
 
 class Runtime:
@@ -41,6 +76,7 @@ class Runtime:
         if warm is None:
             warm = int(os.environ.get(WARM_ENV, "") or DEFAULT_WARM)
         self.processes = ProcessPool(warm=warm)
+        self.threads = _Threads()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="runner-loop", daemon=True)
         self._running: Counter[str] = Counter()
@@ -80,8 +116,9 @@ class Runtime:
             return sum(self._running.values())
 
     def busy_threads(self) -> int:
-        """Sync targets still executing (none once stopped: their processes are killed)."""
-        return self.processes.busy
+        """Sync targets without a timeout still executing in a thread (nothing stops them;
+        those with one run in processes, killed when the runtime stops)."""
+        return self.threads.busy
 
     def try_submit(self, fire: Fire, max_instances: int, first_attempt: int = 1) -> bool:
         """Start the fire unless the job already has `max_instances` runs going."""
@@ -212,7 +249,11 @@ class Runtime:
         for index, fire in enumerate(fires):
             try:
                 outcome = await run_fire(
-                    fire, self.recorder, self.processes, first_attempt=first_attempt
+                    fire,
+                    self.recorder,
+                    self.processes,
+                    first_attempt=first_attempt,
+                    threads=self.threads,
                 )
             except asyncio.CancelledError:
                 now = datetime.now(UTC)
@@ -267,6 +308,7 @@ class Runtime:
         if not self._thread.is_alive():
             self.loop.close()
         self.processes.close()
+        self.threads.shutdown(wait=False, cancel_futures=True)
         return cancelled
 
     async def _cancel_all(self) -> int:

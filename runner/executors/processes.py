@@ -1,8 +1,9 @@
-"""Sync targets in warm child processes, so a timeout really ends the call.
+"""Sync targets with a timeout in warm child processes, so the timeout really ends the call.
 
 Python cannot stop a thread, so a sync target past its timeout would keep its thread (and
-its share of a pool) forever. Here every sync call runs in a child process; at its timeout,
-or when its run is cancelled, the child is killed (SIGKILL) and simply not reused.
+its share of a pool) forever. Here the call runs in a child process; at its timeout, or
+when its run is cancelled, the child's process group is killed (SIGKILL) and the child is
+not reused.
 
 Capacity: the pool is elastic. It takes an idle child, or starts one, for every call, so
 the number of children is the number of sync calls running at once, which the scheduler

@@ -22,14 +22,16 @@ from serve_helpers import Calls, base_env, job_file, runner_cli
 pytestmark = pytest.mark.slow
 
 RETRIES = "retries: {max_attempts: 2, delay: 1}"
-MISBEHAVING = [
-    "async_exit",
-    "async_custom",
-    "async_cancelled",
-    "sync_exit",
-    "sync_custom",
-    "sync_dies",
-]
+MISBEHAVING = {  # job id: target in sampleapp.misbehaving, timeout
+    "async_exit": ("async_exit", None),
+    "async_custom": ("async_custom", None),
+    "async_cancelled": ("async_cancelled", None),
+    "sync_exit": ("sync_exit", "1m"),  # with a timeout: in a child process
+    "sync_custom": ("sync_custom", "1m"),
+    "sync_dies": ("sync_dies", "1m"),
+    "sync_exit-in-thread": ("sync_exit", None),  # without: in a thread of the runner
+    "sync_custom-in-thread": ("sync_custom", None),
+}
 
 
 @dataclass
@@ -58,8 +60,10 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
     env["PYTHONPATH"] = os.pathsep.join([str(plugin), env["PYTHONPATH"]])
     env["RUNNER_ALLOWED_TARGETS"] = "sampleapp,vanishing"
     jobs = [
-        f"id: {name}, target: 'sampleapp.misbehaving:{name}', {RETRIES}, trigger: {{interval: 1h}}"
-        for name in MISBEHAVING
+        f"id: {job_id}, target: 'sampleapp.misbehaving:{target}', {RETRIES}, "
+        + (f"timeout: {timeout}, " if timeout else "")
+        + "trigger: {interval: 1h}"
+        for job_id, (target, timeout) in MISBEHAVING.items()
     ]
     jobs += [
         "id: hangs, target: 'sampleapp.misbehaving:hang', timeout: 3s, trigger: {interval: 1h}",
@@ -79,18 +83,22 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
 
 @pytest.mark.parametrize("job_id", MISBEHAVING)
 def test_misbehaving_target_is_one_failed_run_per_attempt(db: Db, job_id: str) -> None:
+    target, _ = MISBEHAVING[job_id]
+    before = len(db.calls.named(target))
     result = db.cli("run", job_id, "--output", "json")
     assert result.returncode == 1, result.stdout + result.stderr  # not the target's exit code
     assert json.loads(result.stdout)["status"] == "failed"
     runs = db.runs(job_id)
     assert [(r["attempt"], r["status"]) for r in runs] == [(1, "failed"), (2, "failed")]
     assert all(r["error"] for r in runs)
-    assert len(db.calls.named(job_id)) == 2  # the retry really ran the target again
+    assert len(db.calls.named(target)) - before == 2  # the retry really ran it again
 
 
 def test_sync_exit_code_and_process_death_are_named_in_the_error(db: Db) -> None:
-    errors = {job: db.runs(job)[0]["error"] for job in ("sync_exit", "sync_dies", "async_exit")}
+    jobs = ("sync_exit", "sync_exit-in-thread", "sync_dies", "async_exit")
+    errors = {job: db.runs(job)[0]["error"] for job in jobs}
     assert errors["sync_exit"].startswith("SystemExit: 4")
+    assert errors["sync_exit-in-thread"].startswith("SystemExit: 4")
     assert errors["async_exit"].startswith("SystemExit: 4")
     assert "exit code 3" in errors["sync_dies"]
 

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 HUNG = [f"hang-{n:02d}" for n in range(20)]
 FAILING = ["async_exit", "async_custom", "async_cancelled", "sync_exit", "sync_custom", "sync_dies"]
+IN_THREAD = ["sync_exit-in-thread", "sync_custom-in-thread"]
 
 
 @pytest.fixture
@@ -31,9 +32,14 @@ def serve(tmp_path: Path) -> Iterator[tuple[ServeProcess, History, Calls]]:
         "timeout: 2s, trigger: {interval: 4s}"
         for name in HUNG
     ]
-    jobs += [
+    jobs += [  # sync ones with a timeout, so in a child process (sync_dies must be)
         f"id: {name}, target: 'sampleapp.misbehaving:{name}', trigger: {{interval: 3s}}"
+        + (", timeout: 1m" if name.startswith("sync") else "")
         for name in [*FAILING, "async_stray_exit"]
+    ]
+    jobs += [  # and without one, in a thread of serve
+        f"id: {name}-in-thread, target: 'sampleapp.misbehaving:{name}', trigger: {{interval: 3s}}"
+        for name in ("sync_exit", "sync_custom")
     ]
     jobs.append("id: tick, target: 'sampleapp.jobs:tick', trigger: {interval: 1s}")
     (tmp_path / "jobs.yaml").write_text(job_file(*jobs))
@@ -73,7 +79,7 @@ def test_hung_and_misbehaving_jobs_never_hold_up_another(
     known = wait_until(lambda: each_hung_job_timed_out(1), 120, 0.2, "a first round of hangs")
     wait_until(lambda: each_hung_job_timed_out(4), 120, 0.2, "three more rounds of hangs")
     wait_until(
-        lambda: all(len(history.with_status("failed", job)) >= 2 for job in FAILING),
+        lambda: all(len(history.with_status("failed", job)) >= 2 for job in [*FAILING, *IN_THREAD]),
         60,
         0.2,
         "two failed runs of every misbehaving job",
@@ -101,7 +107,7 @@ def test_hung_and_misbehaving_jobs_never_hold_up_another(
         assert statuses <= {"timed_out", "skipped", "running"}, (job, statuses)
 
     # Each misbehaving target: one failed run per fire, and nothing else.
-    for job in FAILING:
+    for job in [*FAILING, *IN_THREAD]:
         mine = [r for r in runs if r["job_id"] == job]
         ran = [r for r in mine if r["started_at"] is not None]  # not a fire skipped under load
         assert {r["status"] for r in ran} <= {"failed", "running"}, (job, ran)

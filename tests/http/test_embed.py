@@ -62,9 +62,9 @@ def test_example_app_runs_jobs_and_serves_the_router(
     with httpx.Client(base_url=found[0], timeout=10) as client:
         assert client.get("/hello").json() == {"hello": "world"}
 
-        # The interval job is run by the app's own process (a sync one in its child).
+        # The interval job runs in the app's own process.
         wait(lambda: read_calls(calls), 10, "the job to run")
-        assert {(c["name"], c["label"], c["ppid"]) for c in read_calls(calls)} == {
+        assert {(c["name"], c["label"], c["pid"]) for c in read_calls(calls)} == {
             ("tick", "embedded", app.proc.pid)
         }
         runs = wait(

@@ -89,8 +89,10 @@ def _clean() -> Iterator[None]:
 
 
 @pytest.fixture
-def calls(tmp_path: Path) -> dict[str, str]:
-    """An environment whose sampleapp targets record their calls in a file."""
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An environment whose sampleapp targets record their calls in a file: the one passed
+    to the run (what a child process gets) and this process's (what a thread sees)."""
+    monkeypatch.setenv("SAMPLEAPP_CALLS", str(tmp_path / "calls.jsonl"))
     return {**ENV, "SAMPLEAPP_CALLS": str(tmp_path / "calls.jsonl")}
 
 
@@ -115,13 +117,41 @@ def run(f: Fire, environ: Mapping[str, str] = ENV, **kwargs: Any) -> tuple[Outco
 # --- tests -----------------------------------------------------------------------------------
 
 
-def test_sync_target_succeeds_in_a_child_process(tmp_path: Path) -> None:
+def test_sync_target_with_a_timeout_succeeds_in_a_child_process(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    outcome, recorder = run(fire("test_attempts_fire:write_pid", args=[str(pid_file)]))
+    f = fire("test_attempts_fire:write_pid", args=[str(pid_file)], timeout=60)
+    outcome, recorder = run(f)
     assert outcome.status == Status.SUCCEEDED and outcome.error is None
     assert recorder.statuses == [Status.SUCCEEDED]
     assert [(j, a) for j, a, _ in recorder.started_calls] == [("job-1", 1)]
     assert int(pid_file.read_text()) != os.getpid()
+
+
+def test_sync_target_without_a_timeout_runs_in_a_thread_of_this_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    outcome, _ = run(fire("test_attempts_fire:write_pid", args=[str(pid_file)]))
+    assert outcome.status == Status.SUCCEEDED
+    assert int(pid_file.read_text()) == os.getpid()
+
+
+@pytest.mark.parametrize("timeout", [None, 60])
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [("sync_exit", "SystemExit: 4"), ("sync_custom", "Custom: custom base exception")],
+)
+def test_sync_base_exceptions_are_failures_in_a_thread_or_a_process(
+    calls: dict[str, str], target: str, error: str, timeout: int | None
+) -> None:
+    spec: dict[str, Any] = {"retries": {"max_attempts": 2, "delay": 1}}
+    if timeout:
+        spec["timeout"] = timeout
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    outcome, recorder = run(fire(f"sampleapp.misbehaving:{target}", **spec), calls, sleep=no_wait)
+    assert outcome.status == Status.FAILED and outcome.error == error
+    assert recorder.statuses == [Status.FAILED, Status.FAILED]
 
 
 def test_async_target_is_awaited_not_just_created() -> None:
