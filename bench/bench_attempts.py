@@ -1,4 +1,4 @@
-"""Start lag of a sync target: the old thread path against the child-process path.
+"""Start lag of a sync target: the thread path (no timeout) against child processes (timeout).
 
     python bench/bench_attempts.py [--calls 200] [--burst 20] [--rounds 10]
 
@@ -84,7 +84,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
         try:
             await process_path(processes)(str(folder / "warm-up"))  # imports the target
             for name, call in [
-                ("threads (old)", thread_path(threads)),
+                ("threads (no timeout; the old path for all)", thread_path(threads)),
                 ("child processes", process_path(processes)),
             ]:
                 rows.append((f"{name}, one at a time", await lags(call, args.calls, 1, folder)))
