@@ -17,7 +17,14 @@ def _record(name: str, **fields: object) -> None:
     """Append one JSON line per call so a test in another process can see what ran."""
     path = os.environ.get("SAMPLEAPP_CALLS")
     if path:
-        line = {"name": name, "at": datetime.now(UTC).isoformat(), "pid": os.getpid(), **fields}
+        line = {
+            "name": name,
+            "at": datetime.now(UTC).isoformat(),
+            "pid": os.getpid(),
+            # Sync targets run in a child process of the runner: this is the runner's pid.
+            "ppid": os.getppid(),
+            **fields,
+        }
         with Path(path).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 

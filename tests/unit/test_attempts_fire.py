@@ -1,18 +1,20 @@
 """One fire of a job: attempts, retries and their waits, timeouts, interruptions.
 
 The recorder is a list (the `Recorder` protocol exists for this); targets are real functions
-in `sampleapp` or this module, run on a real event loop and a real thread pool.
+in `sampleapp` or this module, run on a real event loop; sync ones in real child processes,
+so what they do is seen through files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
+import os
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,22 +24,17 @@ from runner.execute import Fire, Outcome, Status, run_fire
 from runner.models import Retries
 
 ENV = {
-    "RUNNER_ALLOWED_TARGETS": "sampleapp,test_execute",
+    "RUNNER_ALLOWED_TARGETS": "sampleapp,test_attempts_fire",
     "RUNNER_JOB_ENV": "API_TOKEN,PASSWORD,NOT_SET_*",
 }
 EVENTS: list[tuple[str, Any]] = []
-RELEASE = threading.Event()
 
 
 # --- targets ---------------------------------------------------------------------------------
 
 
-def record(value: object = None) -> None:
-    EVENTS.append(("record", value))
-
-
-def record_thread() -> None:
-    EVENTS.append(("thread", threading.current_thread().name))
+def write_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
 
 
 async def record_async(value: object = None) -> None:
@@ -54,28 +51,8 @@ async def never_ends() -> None:
     EVENTS.append(("ended", None))
 
 
-def blocks_until_released() -> None:
-    RELEASE.wait(10)
-    EVENTS.append(("released", None))
-
-
 def fails(message: str = "nope") -> None:
     raise RuntimeError(message)
-
-
-class CountingFailure:
-    """Fails `times` times, then succeeds."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, times: int) -> None:
-        self.calls += 1
-        if self.calls <= times:
-            raise ValueError(f"failure {self.calls}")
-
-
-counting = CountingFailure()
 
 
 class AsyncCallable:
@@ -111,61 +88,89 @@ class ListRecorder:
 @pytest.fixture(autouse=True)
 def _clean() -> Iterator[None]:
     EVENTS.clear()
-    RELEASE.clear()
-    counting.calls = 0
     yield
-    RELEASE.set()
 
 
 @pytest.fixture
-def threads() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(4, thread_name_prefix="test-job")
-    yield pool
-    RELEASE.set()
-    pool.shutdown(wait=True)
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An environment whose sampleapp targets record their calls in a file: the one passed
+    to the run (what a child process gets) and this process's (what a thread sees)."""
+    monkeypatch.setenv("SAMPLEAPP_CALLS", str(tmp_path / "calls.jsonl"))
+    return {**ENV, "SAMPLEAPP_CALLS": str(tmp_path / "calls.jsonl")}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def fire(target: str, **spec: Any) -> Fire:
     return Fire("job-1", {"target": target, **spec}, datetime.now(UTC))
 
 
-def run(
-    f: Fire,
-    threads: ThreadPoolExecutor | None = None,
-    environ: Mapping[str, str] = ENV,
-    **kwargs: Any,
-) -> tuple[Outcome, ListRecorder]:
+def run(f: Fire, environ: Mapping[str, str] = ENV, **kwargs: Any) -> tuple[Outcome, ListRecorder]:
     recorder = ListRecorder()
-    outcome = asyncio.run(run_fire(f, recorder, threads, environ, **kwargs))
+    outcome = asyncio.run(run_fire(f, recorder, None, environ, **kwargs))
     return outcome, recorder
 
 
 # --- tests -----------------------------------------------------------------------------------
 
 
-def test_sync_target_succeeds_in_a_worker_thread(threads: ThreadPoolExecutor) -> None:
-    outcome, recorder = run(fire("test_execute:record_thread"), threads)
+def test_sync_target_with_a_timeout_succeeds_in_a_child_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    f = fire("test_attempts_fire:write_pid", args=[str(pid_file)], timeout=60)
+    outcome, recorder = run(f)
     assert outcome.status == Status.SUCCEEDED and outcome.error is None
     assert recorder.statuses == [Status.SUCCEEDED]
     assert [(j, a) for j, a, _ in recorder.started_calls] == [("job-1", 1)]
-    ((_, name),) = EVENTS
-    assert name.startswith("test-job")
+    assert int(pid_file.read_text()) != os.getpid()
 
 
-def test_async_target_is_awaited_not_just_created(threads: ThreadPoolExecutor) -> None:
-    outcome, _ = run(fire("test_execute:record_async", kwargs={"value": 7}), threads)
+def test_sync_target_without_a_timeout_runs_in_a_thread_of_this_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    outcome, _ = run(fire("test_attempts_fire:write_pid", args=[str(pid_file)]))
+    assert outcome.status == Status.SUCCEEDED
+    assert int(pid_file.read_text()) == os.getpid()
+
+
+@pytest.mark.parametrize("timeout", [None, 60])
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [("sync_exit", "SystemExit: 4"), ("sync_custom", "Custom: custom base exception")],
+)
+def test_sync_base_exceptions_are_failures_in_a_thread_or_a_process(
+    calls: dict[str, str], target: str, error: str, timeout: int | None
+) -> None:
+    spec: dict[str, Any] = {"retries": {"max_attempts": 2, "delay": 1}}
+    if timeout:
+        spec["timeout"] = timeout
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    outcome, recorder = run(fire(f"sampleapp.misbehaving:{target}", **spec), calls, sleep=no_wait)
+    assert outcome.status == Status.FAILED and outcome.error == error
+    assert recorder.statuses == [Status.FAILED, Status.FAILED]
+
+
+def test_async_target_is_awaited_not_just_created() -> None:
+    outcome, _ = run(fire("test_attempts_fire:record_async", kwargs={"value": 7}))
     assert outcome.status == Status.SUCCEEDED
     assert EVENTS == [("async", 7)]
 
 
-def test_callable_object_with_async_call_is_awaited(threads: ThreadPoolExecutor) -> None:
-    outcome, _ = run(fire("test_execute:async_callable", args=["x"]), threads)
+def test_callable_object_with_async_call_is_awaited() -> None:
+    outcome, _ = run(fire("test_attempts_fire:async_callable", args=["x"]))
     assert outcome.status == Status.SUCCEEDED
     assert EVENTS == [("async-callable", "x")]
 
 
-def test_failure_records_error_and_traceback(threads: ThreadPoolExecutor) -> None:
-    outcome, recorder = run(fire("test_execute:fails", kwargs={"message": "bad"}), threads)
+def test_failure_records_error_and_traceback() -> None:
+    outcome, recorder = run(fire("test_attempts_fire:fails", kwargs={"message": "bad"}))
     assert outcome.status == Status.FAILED
     assert outcome.error == "RuntimeError: bad"
     assert outcome.traceback is not None and "raise RuntimeError(message)" in outcome.traceback
@@ -173,13 +178,13 @@ def test_failure_records_error_and_traceback(threads: ThreadPoolExecutor) -> Non
 
 
 def test_unknown_or_forbidden_target_fails_the_run_with_a_reason() -> None:
-    outcome, _ = run(fire("test_execute:no_such_function"))
+    outcome, _ = run(fire("test_attempts_fire:no_such_function"))
     assert outcome.status == Status.FAILED and "no attribute" in (outcome.error or "")
     outcome, _ = run(fire("os:system", args=["true"]))
     assert outcome.status == Status.FAILED and "not allowed" in (outcome.error or "")
 
 
-def test_retries_until_success_with_backoff_waits() -> None:
+def test_retries_until_success_with_backoff_waits(calls: dict[str, str]) -> None:
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -187,7 +192,9 @@ def test_retries_until_success_with_backoff_waits() -> None:
 
     retries = {"max_attempts": 5, "delay": 10, "backoff": 3, "max_delay": 3600}
     outcome, recorder = run(
-        fire("test_execute:counting", kwargs={"times": 3}, retries=retries), sleep=sleep
+        fire("sampleapp.jobs:flaky", kwargs={"fail_times": 3}, retries=retries),
+        calls,
+        sleep=sleep,
     )
     assert outcome.status == Status.SUCCEEDED
     assert recorder.statuses == [Status.FAILED] * 3 + [Status.SUCCEEDED]
@@ -203,32 +210,34 @@ def test_retries_give_up_after_max_attempts_and_waits_are_capped() -> None:
         waits.append(seconds)
 
     retries = {"max_attempts": 4, "delay": 60, "backoff": 2, "max_delay": 100}
-    outcome, recorder = run(fire("test_execute:fails", retries=retries), sleep=sleep)
+    outcome, recorder = run(fire("test_attempts_fire:fails", retries=retries), sleep=sleep)
     assert outcome.status == Status.FAILED
     assert recorder.statuses == [Status.FAILED] * 4
     assert waits == [60.0, 100.0, 100.0]
 
 
 def test_one_attempt_by_default_and_first_attempt_offset() -> None:
-    outcome, recorder = run(fire("test_execute:fails"))
+    outcome, recorder = run(fire("test_attempts_fire:fails"))
     assert outcome.status == Status.FAILED
     assert recorder.statuses == [Status.FAILED]
     outcome, recorder = run(
-        fire("test_execute:fails", retries={"max_attempts": 3, "delay": 1}),
+        fire("test_attempts_fire:fails", retries={"max_attempts": 3, "delay": 1}),
         first_attempt=3,
     )
     assert outcome.status == Status.FAILED
     assert [a for _, a, _ in recorder.started_calls] == [3]
 
 
-def test_real_wait_between_attempts() -> None:
+def test_real_wait_between_attempts(calls: dict[str, str]) -> None:
     retries = {"max_attempts": 2, "delay": 1, "backoff": 2}
-    started = time.monotonic()
-    outcome, recorder = run(fire("test_execute:counting", kwargs={"times": 1}, retries=retries))
+    outcome, recorder = run(
+        fire("sampleapp.jobs:flaky", kwargs={"fail_times": 1}, retries=retries), calls
+    )
     assert outcome.status == Status.SUCCEEDED
     first, second = (at for _, _, at in recorder.started_calls)
-    assert (second - first).total_seconds() == pytest.approx(1.0, abs=0.2)
-    assert time.monotonic() - started < 2
+    first_duration = recorder.finished_calls[0][3]
+    waited = (second - first).total_seconds() - first_duration
+    assert waited == pytest.approx(1.0, abs=0.2)
 
 
 @pytest.mark.parametrize(
@@ -239,9 +248,9 @@ def test_wait_before_formula(attempt: int, expected: float) -> None:
     assert retries.wait_before(attempt) == expected
 
 
-def test_async_timeout_cancels_the_coroutine(threads: ThreadPoolExecutor) -> None:
+def test_async_timeout_cancels_the_coroutine() -> None:
     started = time.monotonic()
-    outcome, recorder = run(fire("test_execute:never_ends", timeout=0.1), threads)
+    outcome, recorder = run(fire("test_attempts_fire:never_ends", timeout=0.1))
     assert outcome.status == Status.TIMED_OUT
     assert outcome.error == "timed out after 0.1s"
     assert ("cancelled", None) in EVENTS and ("ended", None) not in EVENTS
@@ -249,15 +258,20 @@ def test_async_timeout_cancels_the_coroutine(threads: ThreadPoolExecutor) -> Non
     assert recorder.statuses == [Status.TIMED_OUT]
 
 
-def test_sync_timeout_stops_waiting_but_thread_runs_on(threads: ThreadPoolExecutor) -> None:
+def test_sync_timeout_kills_the_process(calls: dict[str, str]) -> None:
     started = time.monotonic()
-    outcome, _ = run(fire("test_execute:blocks_until_released", timeout=0.1), threads)
+    outcome, _ = run(fire("sampleapp.jobs:slow", kwargs={"seconds": 60}, timeout=2), calls)
     assert outcome.status == Status.TIMED_OUT
-    assert time.monotonic() - started < 1
-    assert EVENTS == []
-    RELEASE.set()
-    threads.shutdown(wait=True)
-    assert EVENTS == [("released", None)]
+    assert outcome.error == "timed out after 2s"
+    assert time.monotonic() - started < 30  # not the target's 60 s
+    lines = [json.loads(line) for line in Path(calls["SAMPLEAPP_CALLS"]).read_text().splitlines()]
+    assert [line["name"] for line in lines] == ["slow_start"]
+    pid = lines[0]["pid"]
+    assert pid != os.getpid()
+    deadline = time.monotonic() + 10  # killed at once, reaped in the background
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid)
 
 
 def test_timed_out_attempts_are_retried() -> None:
@@ -265,7 +279,9 @@ def test_timed_out_attempts_are_retried() -> None:
         return None
 
     outcome, recorder = run(
-        fire("test_execute:never_ends", timeout=0.05, retries={"max_attempts": 2, "delay": 1}),
+        fire(
+            "test_attempts_fire:never_ends", timeout=0.05, retries={"max_attempts": 2, "delay": 1}
+        ),
         sleep=sleep,
     )
     assert outcome.status == Status.TIMED_OUT
@@ -276,7 +292,9 @@ def test_cancellation_records_interrupted_and_propagates() -> None:
     recorder = ListRecorder()
 
     async def main() -> None:
-        task = asyncio.create_task(run_fire(fire("test_execute:never_ends"), recorder, None, ENV))
+        task = asyncio.create_task(
+            run_fire(fire("test_attempts_fire:never_ends"), recorder, None, ENV)
+        )
         while not recorder.started_calls:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
@@ -291,15 +309,18 @@ def test_cancellation_records_interrupted_and_propagates() -> None:
 
 def test_variables_are_resolved_at_run_time_and_never_kept() -> None:
     spec_kwargs = {"value": "token=${API_TOKEN}"}
-    f = fire("test_execute:record", kwargs=spec_kwargs)
+    f = fire("test_attempts_fire:record_async", kwargs=spec_kwargs)
     outcome, _ = run(f, environ={**ENV, "API_TOKEN": "s3cret"})
     assert outcome.status == Status.SUCCEEDED
-    assert EVENTS == [("record", "token=s3cret")]
+    assert EVENTS == [("async", "token=s3cret")]
     assert f.spec["kwargs"] == {"value": "token=${API_TOKEN}"}
 
 
-def test_unset_variable_fails_the_run_clearly() -> None:
-    outcome, recorder = run(fire("test_execute:record", args=["${NOT_SET_ANYWHERE}"]))
+def test_unset_variable_fails_the_run_clearly_and_at_once() -> None:
+    retries = {"max_attempts": 3, "delay": 1}
+    outcome, recorder = run(
+        fire("test_attempts_fire:record_async", args=["${NOT_SET_ANYWHERE}"], retries=retries)
+    )
     assert outcome.status == Status.FAILED
     assert outcome.error == "environment variable NOT_SET_ANYWHERE is not set and has no default"
     assert recorder.statuses == [Status.FAILED]
@@ -308,7 +329,7 @@ def test_unset_variable_fails_the_run_clearly() -> None:
 
 def test_resolved_secrets_are_redacted_from_recorded_errors() -> None:
     outcome, _ = run(
-        fire("test_execute:fails", kwargs={"message": "login with ${PASSWORD} refused"}),
+        fire("test_attempts_fire:fails", kwargs={"message": "login with ${PASSWORD} refused"}),
         environ={**ENV, "PASSWORD": "hunter22"},
     )
     assert outcome.status == Status.FAILED

@@ -1,0 +1,1 @@
+"""Where attempts run: the attempt logic shared by every executor, and the executors."""
