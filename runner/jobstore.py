@@ -148,7 +148,12 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
                     job._jobstore_alias = self._alias
                     if old is not None and same_trigger(old.trigger, job.trigger):
                         mine, theirs = old.next_run_time, job.next_run_time
-                        if mine is not None and theirs is not None and mine > theirs:
+                        # In UTC: two times of one zone compare on the wall clock.
+                        if (
+                            mine is not None
+                            and theirs is not None
+                            and mine.timestamp() > theirs.timestamp()
+                        ):
                             job.next_run_time = mine
                     self._jobs[job_id] = job
                     self._index(job)

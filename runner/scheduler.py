@@ -331,7 +331,7 @@ def _fires_due(job: Any, now: datetime) -> tuple[list[datetime], datetime | None
     """The job's fire times up to `now`, and the first after it (APScheduler's
     Job._get_run_times, keeping the next one)."""
     run_times: list[datetime] = []
-    moment = job.next_run_time
+    moment = _utc(job.next_run_time)
     while moment is not None and moment <= now and len(run_times) < MAX_CATCH_UP:
         run_times.append(moment)
         moment = _following(job, moment, now)
@@ -342,7 +342,7 @@ def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
     """The fire after `previous`. A trigger that fails, or answers a time not after
     `previous`, would stall or loop the pass: the job is logged and moved past it instead."""
     try:
-        moment: datetime | None = job.trigger.get_next_fire_time(previous, now)
+        moment = _utc(job.trigger.get_next_fire_time(previous, now))
         if moment is None or moment > previous:
             return moment
         problem = f"answered {moment.isoformat()}, not after {previous.isoformat()}"
@@ -350,7 +350,7 @@ def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
         problem = f"failed: {type(exc).__name__}: {exc}"
     later = max(now, previous) + timedelta(seconds=1)
     try:
-        moment = job.trigger.get_next_fire_time(None, later)
+        moment = _utc(job.trigger.get_next_fire_time(None, later))
     except Exception:
         moment = None
     if moment is not None and moment > previous:
@@ -369,3 +369,9 @@ def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
         previous.isoformat(),
     )
     return None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times in the pass are UTC: APScheduler's own triggers answer in the job's zone, and
+    two times of one zone compare (and subtract) on the wall clock, ignoring `fold`."""
+    return None if moment is None else moment.astimezone(UTC)

@@ -150,3 +150,50 @@ def test_downtime_across_the_fall_back_is_measured_in_elapsed_time(
     assert [t for j, t in sorted(rows) if j == "fixed"] == [
         datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
     ]
+
+
+def test_interval_jobs_count_elapsed_time_across_both_changes(sim_url: str, tmp_path: Path) -> None:
+    # start is local (naive: read in the job's zone), the interval elapsed time.
+    path = write_jobs(
+        tmp_path / "jobs.yaml",
+        [
+            {
+                "id": "every-10m",
+                "target": "sampleapp.jobs:tick",
+                "trigger": {"interval": "10m", "start": "2027-10-31T01:05:00"},
+            },
+            {
+                "id": "every-7m-spring",
+                "target": "sampleapp.jobs:tick",
+                "trigger": {
+                    "interval": "7m",
+                    "start": "2027-03-28T01:01:00",
+                    "end": "2027-03-28T06:00:00",
+                },
+            },
+        ],
+        timezone="Europe/Berlin",
+    )
+    sim = Sim(sim_url, [path], datetime(2027, 3, 27, 23, 0, 30, tzinfo=UTC))
+    try:
+        sim.run_until(datetime(2027, 3, 28, 4, 0, tzinfo=UTC))
+        sim.clock.set(datetime(2027, 10, 30, 22, 0, 30, tzinfo=UTC))
+        sim.run_until(datetime(2027, 10, 31, 4, 0, tzinfo=UTC))
+        rows = sim.rows()
+    finally:
+        sim.close()
+    spring_start = datetime(2027, 3, 28, 0, 1, tzinfo=UTC)  # 01:01 CET
+    fall_start = datetime(2027, 10, 30, 23, 5, tzinfo=UTC)  # 01:05 CEST
+    spring = [r["scheduled_at"] for r in rows if r["job_id"] == "every-7m-spring"]
+    fall = [r["scheduled_at"] for r in rows if r["job_id"] == "every-10m"]
+    spring_until = datetime(2027, 3, 28, 4, 0, tzinfo=UTC)  # 06:00 CEST, its end
+    assert spring == [
+        spring_start + n * timedelta(minutes=7)
+        for n in range(int((spring_until - spring_start) / timedelta(minutes=7)) + 1)
+    ]
+    assert fall == [
+        fall_start + n * timedelta(minutes=10)
+        for n in range(
+            int((datetime(2027, 10, 31, 4, 0, tzinfo=UTC) - fall_start) / (10 * MINUTES)) + 1
+        )
+    ]
