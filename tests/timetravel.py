@@ -9,8 +9,11 @@ file, so a test can step a running server's clock, as an NTP correction does.
 from __future__ import annotations
 
 import glob
+import os
 from datetime import UTC, datetime
 from pathlib import Path
+
+SITE = Path(__file__).resolve().parent / "faketime_site"
 
 LIBRARY_GLOBS = (
     "/usr/lib/*/faketime/libfaketime.so.1",
@@ -30,29 +33,43 @@ def library() -> str:
     )
 
 
-def starting_at(moment: datetime) -> dict[str, str]:
-    """Environment for a process whose wall clock starts at `moment` and then runs."""
+def _with_site(env: dict[str, str], base: dict[str, str]) -> dict[str, str]:
+    path = base.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), path) if p)
+    return env
+
+
+def starting_at(moment: datetime, base: dict[str, str]) -> dict[str, str]:
+    """`base` for a process whose wall clock starts at `moment` and then runs."""
     stamp = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return {
-        "LD_PRELOAD": library(),
-        "FAKETIME": f"@{stamp}",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "FAKETIME_DONT_RESET": "1",
-        "TZ": "UTC",
-    }
+    return _with_site(
+        dict(base)
+        | {
+            "LD_PRELOAD": library(),
+            "FAKETIME": f"@{stamp}",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_DONT_RESET": "1",
+            "TZ": "UTC",
+        },
+        base,
+    )
 
 
-def offset_file(path: Path, seconds: int = 0) -> dict[str, str]:
-    """Environment for a process whose clock is the host's plus the offset in `path`;
-    `step` changes it while the process runs."""
+def offset_file(path: Path, base: dict[str, str], seconds: int = 0) -> dict[str, str]:
+    """`base` for a process whose clock is the host's plus the offset in `path`; `step`
+    changes it while the process runs."""
     step(path, seconds)
-    return {
-        "LD_PRELOAD": library(),
-        "FAKETIME_TIMESTAMP_FILE": str(path),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "TZ": "UTC",
-    }
+    return _with_site(
+        dict(base)
+        | {
+            "LD_PRELOAD": library(),
+            "FAKETIME_TIMESTAMP_FILE": str(path),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "TZ": "UTC",
+        },
+        base,
+    )
 
 
 def step(path: Path, seconds: int) -> None:
