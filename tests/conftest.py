@@ -49,11 +49,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
     A SQLAlchemy URL (`postgresql+psycopg2://...`); `pgserver.libpq_url` gives the libpq form.
     """
-    url = pgserver.create_database(template=TEMPLATE)
-    try:
+    with pgserver.fresh_database(template=TEMPLATE) as url:
         yield url
-    finally:
-        pgserver.drop_database(url)
 
 
 @pytest.fixture
@@ -87,9 +84,8 @@ def restartable_pg(pg_throwaway: pgserver.Throwaway) -> Iterator[pgserver.Restar
     """A fresh database on the session's throwaway server; the test may stop or restart that
     server (`.server.control`), and the fixture brings it back before the next test."""
     pg_throwaway.ensure_running()
-    url = pgserver.create_database(template=TEMPLATE, admin=pg_throwaway.admin)
-    try:
-        yield pgserver.RestartablePg(url, pg_throwaway)
-    finally:
-        pg_throwaway.ensure_running()
-        pgserver.drop_database(url, admin=pg_throwaway.admin)
+    with pgserver.fresh_database(template=TEMPLATE, admin=pg_throwaway.admin) as url:
+        try:
+            yield pgserver.RestartablePg(url, pg_throwaway)
+        finally:
+            pg_throwaway.ensure_running()

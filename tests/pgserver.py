@@ -12,11 +12,13 @@ per session and removes afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -112,6 +114,26 @@ def drop_database(url: str, admin: str | None = None) -> None:
             )
             force = " WITH (FORCE)" if conn.server_version >= 130000 else ""
             cur.execute(f"DROP DATABASE IF EXISTS {_quote(name)}{force}")
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def fresh_database(template: str | None = None, admin: str | None = None) -> Iterator[str]:
+    """A new database (its SQLAlchemy URL) for the duration of the block, dropped after."""
+    url = create_database(template=template, admin=admin)
+    try:
+        yield url
+    finally:
+        drop_database(url, admin=admin)
+
+
+def database_exists(url: str, admin: str | None = None) -> bool:
+    conn = _connect(admin)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database_name(url),))
+            return cur.fetchone() is not None
     finally:
         conn.close()
 
