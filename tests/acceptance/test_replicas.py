@@ -147,15 +147,22 @@ def test_three_replicas_run_each_fire_exactly_once(cluster: Cluster) -> None:
 
 
 def test_sigkill_of_the_leader_fails_over_fast_and_closes_its_run(cluster: Cluster) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    soon = datetime.now(UTC) + timedelta(seconds=6)
     (cluster.jobs / "jobs.yaml").write_text(
         tick_jobs(5)
         + "  - {id: long, target: 'sampleapp.jobs:slow', kwargs: {seconds: 30, label: long}, "
-        f"trigger: {{interval: 1h, start: '{soon}'}}}}\n"
+        f"trigger: {{interval: 1h, start: '{soon.isoformat()}'}}}}\n"
     )
+    # Applied before the replicas start, so a slow start makes the long job late, not an
+    # hour away.
+    applied = runner_cli(
+        ["apply", str(cluster.jobs), "--db", cluster.db_url], cluster.env, cluster.root
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert datetime.now(UTC) < soon, "apply took longer than the lead the long job was given"
     cluster.start(2)
     leader = cluster.leader()
-    wait_until(lambda: cluster.calls.named("slow_start"), 15, 0.1, "the long job to start")
+    wait_until(lambda: cluster.calls.named("slow_start"), 30, 0.1, "the long job to start")
     assert leader.proc is not None
     killed_pid = leader.proc.pid
     leader.proc.send_signal(signal.SIGKILL)

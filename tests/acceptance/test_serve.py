@@ -222,7 +222,8 @@ def test_cron_in_a_zone_with_jitter_and_a_start_end_window(ctx: Ctx) -> None:
     # Kathmandu is UTC+05:45: an hour field read in UTC instead would never match now.
     kathmandu = _in_zone("Asia/Kathmandu")
     hours = f"{kathmandu.hour},{(kathmandu.hour + 1) % 24}"
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    # Applied before serve starts, so a slow start makes the window's fires late, not lost.
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
     end = start + timedelta(seconds=3)
     ctx.write(
         "a.yaml",
@@ -237,6 +238,9 @@ def test_cron_in_a_zone_with_jitter_and_a_start_end_window(ctx: Ctx) -> None:
             " coalesce: false",
         ),
     )
+    applied = ctx.cli("apply", str(ctx.jobs))
+    assert applied.returncode == 0, applied.stderr
+    assert datetime.now(UTC) < start, "apply took longer than the lead the window was given"
     serve = ctx.serve()
     # Until the zoned job has run well past the window's end, so the window has closed.
     wait_until(
