@@ -153,7 +153,10 @@ class Server:
         # here, in a process of our own: an application embedding the runner keeps its GC.
         gc.collect()
         gc.freeze()
-        self.stopping.wait()
+        # Wake up now and then: a signal delivered to another thread runs its handler only
+        # when the main thread runs Python code, which an untimed wait never does.
+        while not self.stopping.wait(0.5):
+            pass
         return self.stop()
 
     def stop(self) -> int:

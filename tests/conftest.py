@@ -2,7 +2,8 @@
 
 PostgreSQL tests need the server named by ``RUNNER_TEST_PG`` (``scripts/test`` provides one).
 When it is unreachable they fail rather than skip: a test that should run but skips hides
-breakage.
+breakage. Tests that stop or restart PostgreSQL use ``restartable_pg``: a database on a server
+of this session's own, never the shared one.
 """
 
 from __future__ import annotations
@@ -48,11 +49,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
     A SQLAlchemy URL (`postgresql+psycopg2://...`); `pgserver.libpq_url` gives the libpq form.
     """
-    url = pgserver.create_database(template=TEMPLATE)
-    try:
+    with pgserver.fresh_database(template=TEMPLATE) as url:
         yield url
-    finally:
-        pgserver.drop_database(url)
 
 
 @pytest.fixture
@@ -66,3 +64,28 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """The test runs once per supported backend, with a fresh database on each."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="session")
+def pg_throwaway() -> Iterator[pgserver.Throwaway]:
+    """A PostgreSQL server of this test session's own, removed at the end of the session."""
+    try:
+        server = pgserver.Throwaway.start()
+    except Exception as exc:  # no server binaries, no free port, ...: say so, do not skip
+        pytest.fail(f"cannot start a throwaway PostgreSQL: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def restartable_pg(pg_throwaway: pgserver.Throwaway) -> Iterator[pgserver.RestartablePg]:
+    """A fresh database on the session's throwaway server; the test may stop or restart that
+    server (`.server.control`), and the fixture brings it back before the next test."""
+    pg_throwaway.ensure_running()
+    with pgserver.fresh_database(template=TEMPLATE, admin=pg_throwaway.admin) as url:
+        try:
+            yield pgserver.RestartablePg(url, pg_throwaway)
+        finally:
+            pg_throwaway.ensure_running()

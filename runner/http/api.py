@@ -272,10 +272,11 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
     """The database answers and, on the leader, the scheduler runs and its last pass worked."""
     scheduler = server.scheduler
     leading = server.leadership.leading
+    pass_error = scheduler.last_pass_error  # read once: the scheduler thread sets it meanwhile
     details: dict[str, Any] = {
         "leader": leading,
         "scheduler_running": bool(scheduler.running),
-        "last_pass_error": scheduler.last_pass_error,
+        "last_pass_error": pass_error,
         "last_reconcile_error": server.last_reconcile_error,
         "reconcile_errors": list(server.reconcile_problems),
         "broken_files": list(server.broken_files),
@@ -287,8 +288,8 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
         reason = "scheduler not running"
     else:
         reason = database_problem(server)
-        if reason is None and leading and scheduler.last_pass_error:
-            reason = f"last scheduling pass failed: {scheduler.last_pass_error}"
+        if reason is None and leading and pass_error:
+            reason = f"last scheduling pass failed: {pass_error}"
     return reason is None, {"ready": reason is None, "reason": reason, **details}
 
 

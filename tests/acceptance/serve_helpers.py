@@ -20,7 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.exc import OperationalError
+
+from runner.store.tables import runner_runs
 
 TESTS = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -214,31 +217,44 @@ class Calls:
 
 
 class History:
-    """Reads runner_runs directly (the CLI is checked separately, once)."""
+    """Reads runner_runs directly (the CLI is checked separately, once).
 
-    def __init__(self, db_url: str) -> None:
+    A read never passes for an empty history: while the server is away (a restart test) it
+    is retried until `retry_for` seconds have passed, then the error is raised.
+    """
+
+    def __init__(self, db_url: str, retry_for: float = 60.0) -> None:
         self.engine: Engine = create_engine(db_url, pool_pre_ping=True)
+        self.retry_for = retry_for
 
     def runs(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT * FROM runner_runs"
-        params: dict[str, Any] = {}
+        """Rows of runner_runs (times as aware UTC datetimes on every backend), in fire order."""
+        query = select(runner_runs)
         if job_id is not None:
-            query += " WHERE job_id = :job"
-            params["job"] = job_id
-        query += " ORDER BY scheduled_at, attempt"
-        try:
-            with self.engine.connect() as conn:
-                return [dict(row._mapping) for row in conn.execute(text(query), params)]
-        except Exception as exc:  # table not created yet, or the server is restarting
-            if "runner_runs" in str(exc) or "connect" in str(exc).lower():
-                return []
-            raise
+            query = query.where(runner_runs.c.job_id == job_id)
+        query = query.order_by(runner_runs.c.scheduled_at, runner_runs.c.attempt)
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    return [_utc_times(dict(row._mapping)) for row in conn.execute(query)]
+            except OperationalError as exc:
+                # The server restarting, or SQLite's writer holding the lock; a missing table
+                # is a test that reads too early, and fails like any other error.
+                if "no such table" in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def with_status(self, status: str, job_id: str | None = None) -> list[dict[str, Any]]:
         return [r for r in self.runs(job_id) if r["status"] == status]
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _utc_times(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite hands back naive datetimes; the runner writes UTC."""
+    return {k: utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def job_file(*jobs: str, defaults: str | None = None) -> str:

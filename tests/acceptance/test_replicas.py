@@ -2,7 +2,8 @@
 
 Real subprocesses, real PostgreSQL, no mocks. A fire that ran twice would show up as more
 target calls than recorded runs, or as two runs of one fire; a lost fire as a gap in the
-series of scheduled times.
+series of scheduled times. Tests that stop or restart PostgreSQL do it to a server of their
+own (`restartable_pg`), never the shared one, so the order of the tests does not matter.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pgserver
 import psycopg2  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from serve_helpers import Calls, History, ServeProcess, base_env, job_file, runner_cli, wait_until
+from sqlalchemy import text
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -65,12 +68,11 @@ class Cluster:
         return wait_until(probe, timeout, 0.1, "a leader")
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
-    jobs = tmp_path / "jobs.d"
+def make_cluster(root: Path, db_url: str) -> Iterator[Cluster]:
+    jobs = root / "jobs.d"
     jobs.mkdir()
-    calls = tmp_path / "calls.jsonl"
-    c = Cluster(tmp_path, pg_url, base_env(calls), Calls(calls), History(pg_url), jobs)
+    calls = root / "calls.jsonl"
+    c = Cluster(root, db_url, base_env(calls), Calls(calls), History(db_url), jobs)
     try:
         yield c
     finally:
@@ -79,6 +81,17 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
                 proc.send(signal.SIGCONT)
             proc.kill()
         c.history.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path, pg_url)
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path, restartable_pg: pgserver.RestartablePg) -> Iterator[Cluster]:
+    """A cluster on a PostgreSQL server the test may stop or restart."""
+    yield from make_cluster(tmp_path, restartable_pg.url)
 
 
 def tick_jobs(count: int, **fields: str) -> str:
@@ -135,15 +148,26 @@ def test_three_replicas_run_each_fire_exactly_once(cluster: Cluster) -> None:
 
 
 def test_sigkill_of_the_leader_fails_over_fast_and_closes_its_run(cluster: Cluster) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=12)
     (cluster.jobs / "jobs.yaml").write_text(
         tick_jobs(5)
         + "  - {id: long, target: 'sampleapp.jobs:slow', kwargs: {seconds: 30, label: long}, "
-        f"trigger: {{interval: 1h, start: '{soon}'}}}}\n"
+        f"trigger: {{interval: 1h, start: '{soon.isoformat()}'}}}}\n"
     )
+    # Applied before the replicas start, so a slow start makes the long job late, not an
+    # hour away.
+    applied = runner_cli(
+        ["apply", str(cluster.jobs), "--db", cluster.db_url], cluster.env, cluster.root
+    )
+    assert applied.returncode == 0, applied.stderr
+    with cluster.history.engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT next_run_time FROM apscheduler_jobs WHERE id = 'long'")
+        ).scalar_one()
+    assert stored == soon.timestamp(), "apply ended after the long job's start; give it more lead"
     cluster.start(2)
     leader = cluster.leader()
-    wait_until(lambda: cluster.calls.named("slow_start"), 15, 0.1, "the long job to start")
+    wait_until(lambda: cluster.calls.named("slow_start"), 30, 0.1, "the long job to start")
     assert leader.proc is not None
     killed_pid = leader.proc.pid
     leader.proc.send_signal(signal.SIGKILL)
@@ -229,7 +253,6 @@ def test_terminated_backends_recover_leadership_without_duplicates(cluster: Clus
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
                 assert cursor.fetchone()[0] >= 1
-            time.sleep(0)
             cluster.leader(timeout=15)
             before = len(cluster.history.runs())
             wait_until(lambda b=before: len(cluster.history.runs()) > b + 5, 15, 0.1, "runs")
@@ -272,46 +295,48 @@ def _runner() -> list[str]:
     return [sys.executable, "-m", "runner"]
 
 
-# --- faults of the server itself: keep last, they stop the shared PostgreSQL -----------------
+# --- faults of the server itself, on a server of the test's own ------------------------------
 
 
-def test_zz_postgres_restart_keeps_one_leader_and_no_duplicates(cluster: Cluster) -> None:
-    import pgserver
-
+def test_postgres_restart_keeps_one_leader_and_no_duplicates(
+    private_cluster: Cluster, restartable_pg: pgserver.RestartablePg
+) -> None:
+    cluster, server = private_cluster, restartable_pg.server
     (cluster.jobs / "ticks.yaml").write_text(tick_jobs(5))
     cluster.start(2)
     cluster.leader()
-    wait_until(lambda: len(cluster.history.runs()) >= 10, 15, 0.1, "runs before the restart")
+    wait_until(lambda: len(cluster.history.runs()) >= 10, 30, 0.1, "runs before the restart")
     try:
-        pgserver.control("restart")
+        server.control("restart")
     finally:
-        wait_until(pgserver.answers, 60, 0.2, "PostgreSQL to answer again")
+        wait_until(server.answers, 60, 0.2, "PostgreSQL to answer again")
     back = datetime.now(UTC)
-    cluster.leader(timeout=20)
+    cluster.leader(timeout=30)
 
     def after() -> bool:
         return len([r for r in cluster.history.runs() if r["scheduled_at"] > back]) >= 10
 
-    wait_until(after, 20, 0.1, "runs after the restart")
+    wait_until(after, 30, 0.1, "runs after the restart")
     for proc in cluster.procs:
         assert proc.stop(20) == 0
     assert_each_fire_ran_once(cluster, [f"t{i:02d}" for i in range(5)])
 
 
-def test_zz_postgres_down_at_start_up_is_waited_for(cluster: Cluster) -> None:
-    import pgserver
-
+def test_postgres_down_at_start_up_is_waited_for(
+    private_cluster: Cluster, restartable_pg: pgserver.RestartablePg
+) -> None:
+    cluster, server = private_cluster, restartable_pg.server
     (cluster.jobs / "ticks.yaml").write_text(tick_jobs(1))
-    pgserver.control("stop")
+    server.control("stop")
     try:
         proc = ServeProcess([str(cluster.jobs)], cluster.db_url, cluster.env, cluster.root)
         cluster.procs.append(proc.start())
-        proc.wait_for_log(r"unreachable.*retrying in", 20)
-        proc.wait_for_log(r"unreachable.*retrying in", 20, since=proc.mark())
+        proc.wait_for_log(r"unreachable.*retrying in", 30)
+        proc.wait_for_log(r"unreachable.*retrying in", 30, since=proc.mark())
         assert "Traceback" not in proc.log()
     finally:
-        pgserver.control("start")
-        wait_until(pgserver.answers, 60, 0.2, "PostgreSQL to answer again")
+        server.control("start")
+        wait_until(server.answers, 60, 0.2, "PostgreSQL to answer again")
     proc.wait_ready(30)
-    wait_until(lambda: cluster.calls.named("tick"), 15, 0.1, "a run once the database is back")
+    wait_until(lambda: cluster.calls.named("tick"), 30, 0.1, "a run once the database is back")
     assert proc.stop(20) == 0

@@ -11,12 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -92,65 +90,91 @@ def test_healthz_and_readyz_on_a_running_leader(client: httpx.Client) -> None:
     }
 
 
-def _stub(
-    *,
-    stopping: bool = False,
-    running: bool = True,
-    leading: bool = True,
-    pass_error: str | None = None,
-    db_url: str,
-) -> Any:
+TICKING = """\
+jobs:
+  - {id: every-second, target: 'sampleapp.jobs:tick', kwargs: {label: r}, trigger: {interval: 1}}
+"""
+
+
+def ticking_jobs(root: Path) -> Path:
+    folder = root / "ticking.d"
+    folder.mkdir()
+    (folder / "jobs.yaml").write_text(TICKING, encoding="utf-8")
+    return folder
+
+
+def rename_runs_table(db_url: str, old: str, new: str) -> None:
     from runner.store.engine import connect
 
-    flag = threading.Event()
-    if stopping:
-        flag.set()
-    stub = StubServer()
-    stub.stopping = flag
-    stub.scheduler = SimpleNamespace(running=running, last_pass_error=pass_error)
-    stub.leadership = SimpleNamespace(leading=leading)
-    stub.last_reconcile_error = None
-    stub.reconcile_problems = []
-    stub.broken_files = {}
-    stub.engine = connect(db_url)
-    stub.options = SimpleNamespace(db_url=db_url)
-    return stub
+    engine = connect(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
+    finally:
+        engine.dispose()
 
 
-class StubServer:
-    """What `readiness` reads of a Server (hashable and weak-referenceable, like a Server)."""
-
-    stopping: threading.Event
-    scheduler: Any
-    leadership: Any
-    last_reconcile_error: str | None
-    reconcile_problems: list[str]
-    broken_files: dict[str, list[str]]
-    engine: Any
-    options: Any
+def test_readyz_is_503_while_stopping(
+    make_server: Callable[..., Server], jobs_dir: Path, sqlite_url: str
+) -> None:
+    server = make_server(jobs_dir, sqlite_url)
+    assert api.readiness(server)[0]
+    server.stop()
+    ready, details = api.readiness(server)
+    assert not ready and details["ready"] is False
+    assert details["reason"] == "stopping"
 
 
-@pytest.mark.parametrize(
-    ("state", "reason"),
-    [
-        ({"stopping": True}, "stopping"),
-        ({"running": False}, "scheduler not running"),
-        ({"pass_error": "OperationalError: gone"}, "last scheduling pass failed: "),
-        ({"db": "missing"}, "cannot open the file"),
-    ],
-)
-def test_readyz_is_503_with_a_reason(state: dict[str, Any], reason: str, tmp_path: Path) -> None:
-    good = f"sqlite:///{tmp_path}/ok.db"
-    url = f"sqlite:///{tmp_path}/no/such/dir/x.db" if state.pop("db", None) else good
-    ready, details = api.readiness(_stub(db_url=url, **state))
-    assert not ready
+def test_readyz_is_503_after_a_failed_scheduling_pass(
+    make_server: Callable[..., Server], tmp_path: Path, db_url: str, wait: Wait
+) -> None:
+    server = make_server(ticking_jobs(tmp_path), db_url)
+    wait(lambda: api.readiness(server)[0], 10, "readiness")
+    rename_runs_table(db_url, "runner_runs", "runner_runs_away")
+    try:
+        details = wait(lambda: (d := api.readiness(server)[1])["reason"] and d, 20, "a failed pass")
+    finally:
+        rename_runs_table(db_url, "runner_runs_away", "runner_runs")
+    assert details["ready"] is False and details["leader"] is True
+    assert details["reason"].startswith("last scheduling pass failed: ")
+    assert "runner_runs" in details["last_pass_error"]
+    # Once the store is back, so is readiness.
+    wait(lambda: api.readiness(server)[0], 20, "readiness after the store came back")
+
+
+@pytest.mark.postgres
+def test_readyz_is_503_when_the_database_is_down(
+    make_server: Callable[..., Server], jobs_dir: Path, restartable_pg: Any, wait: Wait
+) -> None:
+    server = make_server(jobs_dir, restartable_pg.url)
+    wait(lambda: api.readiness(server)[0], 10, "readiness")
+    restartable_pg.server.control("stop")
+    try:
+        details = wait(
+            lambda: (d := api.readiness(server)[1])["reason"] and d, 30, "a database problem"
+        )
+    finally:
+        restartable_pg.server.control("start")
     assert details["ready"] is False
-    assert reason in details["reason"]
+    assert "unreachable" in details["reason"] or "did not answer" in details["reason"]
+    wait(lambda: api.readiness(server)[0], 30, "readiness after the database came back")
 
 
-def test_readyz_on_a_standby_ignores_scheduling_errors(tmp_path: Path) -> None:
-    stub = _stub(leading=False, pass_error="boom", db_url=f"sqlite:///{tmp_path}/ok.db")
-    ready, details = api.readiness(stub)
+@pytest.mark.postgres
+def test_readyz_on_a_standby_ignores_scheduling_errors(
+    make_server: Callable[..., Server], tmp_path: Path, pg_url: str, wait: Wait
+) -> None:
+    jobs = ticking_jobs(tmp_path)
+    leader = make_server(jobs, pg_url)
+    wait(lambda: leader.leadership.leading, 10, "the first server to lead")
+    standby = make_server(jobs, pg_url)
+    assert not standby.leadership.leading
+    rename_runs_table(pg_url, "runner_runs", "runner_runs_away")
+    try:
+        wait(lambda: api.readiness(leader)[1]["reason"], 20, "the leader's failed pass")
+        ready, details = api.readiness(standby)
+    finally:
+        rename_runs_table(pg_url, "runner_runs_away", "runner_runs")
     assert ready, details
     assert details["leader"] is False
 
