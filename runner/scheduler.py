@@ -345,7 +345,7 @@ def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
         moment = _utc(job.trigger.get_next_fire_time(previous, now))
         if moment is None or moment > previous:
             return moment
-        problem = f"answered {moment.isoformat()}, not after {previous.isoformat()}"
+        problem = f"answered {moment.isoformat()}, not a later time"
     except Exception as exc:
         problem = f"failed: {type(exc).__name__}: {exc}"
     later = max(now, previous) + timedelta(seconds=1)
@@ -355,18 +355,19 @@ def _following(job: Any, previous: datetime, now: datetime) -> datetime | None:
         moment = None
     if moment is not None and moment > previous:
         log.error(
-            "job %s: its trigger %s after the fire at %s; skipped forward to %s",
+            "job %s: after its fire at %s, its trigger %s; skipped forward to %s",
             job.id,
-            problem,
             previous.isoformat(),
+            problem,
             moment.isoformat(),
         )
         return moment
     log.error(
-        "job %s: its trigger %s after the fire at %s; not scheduled again until it is applied anew",
+        "job %s: after its fire at %s, its trigger %s; not scheduled again until it is "
+        "applied anew",
         job.id,
-        problem,
         previous.isoformat(),
+        problem,
     )
     return None
 
