@@ -148,6 +148,7 @@ def test_a_file_job_is_neither_replaced_nor_deleted(served: tuple[Server, httpx.
     again = client.post("/api/jobs", json=weekly("twice", kwargs={}), headers=BEARER)
     assert again.status_code == 409
     assert client.get("/api/jobs/twice").json()["spec"]["kwargs"] == {"label": "twice"}
+    assert stored_ids(server) == {"boom", "slow", "tick", "twice"}
 
 
 def test_apply_leaves_runtime_jobs_alone_and_refuses_their_ids(
