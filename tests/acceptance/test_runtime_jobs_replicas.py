@@ -56,8 +56,7 @@ def test_a_replica_picks_up_a_runtime_job_within_a_second(
     replicas: list[tuple[ServeProcess, httpx.Client]], tmp_path: Path, pg_url: str
 ) -> None:
     (a, on_a), (_b, on_b) = replicas
-    for client in (on_a, on_b):
-        wait_until(lambda c=client: loaded(c) == 1, 20, what="the file job loaded")
+    wait_until(lambda: loaded(on_a) == loaded(on_b) == 1, 20, what="the file job loaded")
 
     job = {
         "id": "report-bob",
