@@ -47,6 +47,12 @@ class Error(BaseModel):
     detail: str = Field(description="What went wrong, for a human.")
 
 
+class Invalid(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="One line naming the job and the field; a list when the body is not an object."
+    )
+
+
 class JobOut(BaseModel):
     """One job, exactly as `runner jobs --output json` prints it."""
 
@@ -382,8 +388,12 @@ def router(server: Server) -> APIRouter:
         response_model=JobOut,
         responses={
             **CONTROL,
+            400: {"model": Error, "description": "The body is not JSON"},
             409: {"model": Error, "description": "The id is taken (by a file job or another)"},
-            422: {"model": Error, "description": "Not a valid job; the message names the field"},
+            422: {
+                "model": Invalid,
+                "description": "Not a valid job; the message names the field",
+            },
         },
         dependencies=[Depends(control)],
         summary="Add a job",
