@@ -78,6 +78,9 @@ def test_a_replica_picks_up_a_runtime_job_within_a_second(
     assert listed.returncode == 0, listed.stderr
     sources = {j["id"]: j["source"] for j in json.loads(listed.stdout)}
     assert sources == {"nightly": f"{tmp_path}/jobs.d/jobs.yaml:2", "report-bob": "api"}
+    text = runner_cli(["jobs", "--db", pg_url], env, tmp_path).stdout
+    assert "report-bob  api  sampleapp.jobs:tick  next: " in text
+    assert f"nightly  {tmp_path}/jobs.d/jobs.yaml:2  sampleapp.jobs:tick" in text
     shown = runner_cli(["show", "report-bob", "--db", pg_url], env, tmp_path)
     assert shown.returncode == 0 and "job report-bob  (api)" in shown.stdout
 

@@ -6,6 +6,7 @@ A real Server on a real database behind real uvicorn; every request goes over a 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ def test_add_list_run_pause_delete(
     assert listed["report-alice"]["source"] == "api"
     assert listed["tick"]["source"].endswith("jobs.yaml:2")
     assert client.get("/api/jobs/report-alice").json()["next"]  # fire times from its cron
+    page = client.get("/").text
+    assert 'class="source">from api</small>' in page
+    assert re.search(r'class="source">from [^<]*jobs\.yaml:2</small>', page)
 
     started = client.post("/api/jobs/report-alice/run", headers=BEARER)
     assert started.status_code == 202, started.text
