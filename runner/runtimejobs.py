@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, Integer, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from runner import jobfiles, reconcile, validate
@@ -100,7 +100,21 @@ def _insert(engine: Engine, want: Desired, now: datetime) -> None:
             reconcile.insert_new(conn, [want], now, reconcile.applied_by())
         except StoreError as exc:  # a row of apscheduler_jobs the runner did not create
             raise IdTaken(str(exc)) from None
+        _raise_schema_version(conn)
         reconcile.bump_generation(conn)
+
+
+def _raise_schema_version(conn: Connection) -> None:
+    """An older runner would prune this job as missing from its files: make it refuse."""
+    meta = tables.runner_meta
+    conn.execute(
+        update(meta)
+        .where(
+            meta.c.key == "schema_version",
+            meta.c.value.cast(Integer) < tables.SCHEMA_VERSION,
+        )
+        .values(value=str(tables.SCHEMA_VERSION))
+    )
 
 
 def remove(engine: Engine, job_id: str) -> None:

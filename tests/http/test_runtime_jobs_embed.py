@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from runner import queries
+from runner import queries, reconcile
 from runner.embed import Runner
+from runner.errors import StoreError
 from runner.execute import Status
+from runner.jobfiles import load
 from runner.overrides import set_paused
-from runner.plan import IdTaken
+from runner.plan import Desired, IdTaken
 from runner.runtimejobs import InvalidJob, NotRuntime
 from runner.store import tables
 
@@ -86,3 +88,26 @@ def test_invalid_or_taken_jobs_store_nothing(runner: Runner) -> None:
         runner.add_job(id="boom", target="sampleapp.jobs:tick", trigger={"interval": "1h"})
     assert row_count(runner) == 3
     assert runner.server.scheduler.store.lookup_job("x") is None
+
+
+def schema_version(runner: Runner) -> str:
+    meta = tables.runner_meta
+    with runner.server.engine.connect() as conn:
+        query = select(meta.c.value).where(meta.c.key == "schema_version")
+        return str(conn.execute(query).scalar_one())
+
+
+def test_an_older_runner_refuses_the_store_rather_than_prune_runtime_jobs(
+    runner: Runner, jobs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = tables.runner_meta
+    with runner.server.engine.begin() as conn:  # a database set up by the previous version
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
+    runner.add_job(id="kept", target="sampleapp.jobs:tick", trigger={"interval": "1h"})
+    assert schema_version(runner) == str(tables.SCHEMA_VERSION) == "2"
+
+    monkeypatch.setattr(tables, "SCHEMA_VERSION", 1)  # what an older runner's apply sees
+    desired = [Desired.of(s) for s in load([str(jobs_dir)]).jobs]
+    with pytest.raises(StoreError, match="newer than this runner understands"):
+        reconcile.apply(runner.server.engine, desired)
+    assert [j["id"] for j in queries.jobs(runner.server.engine)] == ["boom", "kept", "slow", "tick"]
