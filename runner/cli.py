@@ -360,7 +360,7 @@ def jobs(db_url: str, output: str) -> None:
         last = (
             f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
         )
-        click.echo(f"{row['id']}  {row['target']}  next: {state}  last: {last}")
+        click.echo(f"{row['id']}  {row['source']}  {row['target']}  next: {state}  last: {last}")
 
 
 @main.command()

@@ -14,6 +14,12 @@
     app = FastAPI(lifespan=lifespan)
     app.include_router(runner.router(), prefix="/runner")
 
+Jobs may also be added while the application runs, from a user's request:
+
+    runner.add_job(id=f"report-{user}", target="myapp.jobs:report", kwargs={"user": user},
+                   trigger={"cron": "0 8 * * mon"})
+    runner.remove_job(f"report-{user}")
+
 The runner works as `runner serve` does (it applies the files, follows their changes, takes
 part in leader election) but installs no signal handlers: the application's server (uvicorn)
 owns SIGTERM and stops the runner through the lifespan. Start and stop block (waiting for
@@ -23,7 +29,7 @@ the database, draining runs), so the async helpers run them in a worker thread.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +113,31 @@ class Runner:
         """Pass as `FastAPI(lifespan=runner.lifespan)` when the app has nothing else to start."""
         async with self.running():
             yield
+
+    def add_job(self, job: Mapping[str, Any] | None = None, /, **fields: Any) -> dict[str, Any]:
+        """Add a job at run time: one job in the job-file format, as a mapping or as keywords.
+
+        Checked like a file job (same models, same target allowlist); raises
+        `runtimejobs.InvalidJob` naming the field, or `plan.IdTaken` when the id is in use.
+        Stored with the owner `api`, so applies never change or prune it; every node running
+        on this database schedules it. Returns the job as `runner jobs --output json` lists it.
+        """
+        from runner import queries, runtimejobs
+
+        job_id = runtimejobs.add(self.server.engine, {**(job or {}), **fields})
+        self._refresh(job_id)
+        return queries.jobs(self.server.engine, job_id)[0]
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete a job added at run time; a file job is refused (`runtimejobs.NotRuntime`)."""
+        from runner import runtimejobs
+
+        runtimejobs.remove(self.server.engine, job_id)
+        self._refresh(job_id)
+
+    def _refresh(self, job_id: str) -> None:
+        if self._up and not self._stopped:  # else the change signal or the start loads it
+            self.server.scheduler.refresh(ids=[job_id])
 
     def router(self) -> APIRouter:
         """Health, metrics, the JSON API and the status page, to include under a prefix."""

@@ -244,7 +244,7 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
             if job.id in self._jobs:
                 raise ConflictingIdError(job.id)
             raise NotImplementedError(
-                "jobs are added with `runner apply`, not through the scheduler"
+                "jobs are added with `runner apply` or `POST /api/jobs`, not through the scheduler"
             )
 
     def update_job(self, job: Job) -> None:

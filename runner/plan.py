@@ -9,12 +9,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.errors import printable
+from runner.errors import StoreError, printable
 from runner.jobfiles import SourcedJob
 
 _NESTED = ("trigger", "retries", "kwargs", "labels")
 TRIGGER_FIELDS = frozenset({"trigger", "timezone"})
 _QUOTE_IF = re.compile(r"[\s,()\"]|->|^$")
+RUNTIME_FILE, RUNTIME_LINE = "api", 0
+"""Where a job added at run time is "from": no job file gives line 0, so no file job looks
+like one, and no new column is needed."""
 """Text that could be read as plan syntax (separators, arrows) is shown JSON-quoted."""
 
 
@@ -35,6 +38,19 @@ class Desired:
         return cls(sourced, spec, spec_hash(spec))
 
 
+class IdTaken(StoreError):
+    """A job id that a file and a job added at run time both want; nothing was written."""
+
+
+def source(file: str, line: int) -> str:
+    """`FILE:LINE` for a file job, `api` for a job added at run time."""
+    return RUNTIME_FILE if is_runtime(file, line) else f"{file}:{line}"
+
+
+def is_runtime(file: str, line: int) -> bool:
+    return line == RUNTIME_LINE and file == RUNTIME_FILE
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     id: str
@@ -42,6 +58,11 @@ class Stored:
     file: str
     line: int
     paused_override: bool | None
+
+    @property
+    def runtime(self) -> bool:
+        """Added at run time: no apply creates, changes or deletes it."""
+        return is_runtime(self.file, self.line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +84,8 @@ class Plan:
     moved: list[str] = field(default_factory=list)
     """Jobs whose spec is unchanged but whose file or line moved: metadata only."""
     overridden: dict[str, bool] = field(default_factory=dict)
+    runtime: list[str] = field(default_factory=list)
+    """Jobs added at run time (owner `api`): listed, never created, updated or deleted."""
 
     @property
     def changed(self) -> bool:
@@ -89,6 +112,8 @@ class Plan:
             lines.append(
                 f"! override {job_id}: {state} by an operator (runner resume/pause to change)"
             )
+        if self.runtime:
+            lines.append(f"= {len(self.runtime)} job(s) added at run time (api), left as they are")
         lines.append(self.summary())
         return lines
 
@@ -101,6 +126,7 @@ class Plan:
             ],
             "delete": self.delete,
             "unchanged": self.unchanged,
+            "runtime": self.runtime,
             "applied": applied,
         }
 
@@ -147,11 +173,18 @@ def compute(
     plan = Plan()
     changed: list[Desired] = []
     seen: set[str] = set()
+    taken: list[str] = []
     for want in desired:
         job_id = want.sourced.job.id
         seen.add(job_id)
         have = stored.get(job_id)
-        if have is None:
+        if have is not None and have.runtime:
+            taken.append(
+                f"{want.sourced.file}:{want.sourced.line}:1: job {printable(job_id)}: id: "
+                "a job added at run time (api) already holds this id; rename this job, or "
+                f"delete that one first (DELETE /api/jobs/{printable(job_id)})"
+            )
+        elif have is None:
             plan.create.append(job_id)
         elif have.hash != want.hash:
             changed.append(want)
@@ -161,13 +194,18 @@ def compute(
                 plan.moved.append(job_id)
         if have is not None and have.paused_override is not None:
             plan.overridden[job_id] = have.paused_override
+    if taken:
+        raise IdTaken("; ".join(taken))
+    plan.runtime = sorted(job_id for job_id, have in stored.items() if have.runtime)
     if changed:
         old = stored_specs([w.sourced.job.id for w in changed])
         plan.update = [
             Update(w.sourced.job.id, diff(old[w.sourced.job.id], w.spec)) for w in changed
         ]
     if prune:
-        plan.delete = sorted(job_id for job_id in stored if job_id not in seen)
+        plan.delete = sorted(
+            job_id for job_id, have in stored.items() if job_id not in seen and not have.runtime
+        )
     plan.create.sort()
     plan.update.sort(key=lambda u: u.id)
     plan.unchanged.sort()

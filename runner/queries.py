@@ -17,6 +17,7 @@ from runner import fileproblems, history, jobstate
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
 from runner.leadership import NODE_STALE_SECONDS
+from runner.plan import source
 from runner.reconcile import missing_sqlite_file
 from runner.store import schema, tables
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
@@ -71,6 +72,8 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
         select(
             own.c.id,
             own.c.spec,
+            own.c.file,
+            own.c.line,
             own.c.paused_override,
             aps.c.next_run_time,
             runs.c.status,
@@ -110,6 +113,7 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
                     "paused": bool(paused),
                     "last_status": row.status,
                     "last_run_at": _iso(row.finished_at),
+                    "source": source(row.file, row.line),
                 }
             )
     return out
@@ -170,7 +174,6 @@ def show(engine: Engine, job_id: str, runs_count: int = 10, next_count: int = 5)
         last_failure = {**run_json(failed), "traceback": failed["traceback"]}
     return {
         **job,
-        "source": f"{row.file}:{row.line}",
         "spec": json.loads(row.spec),
         "override": None if row.paused_override is None else bool(row.paused_override),
         "applied_at": _iso(row.applied_at),

@@ -96,7 +96,7 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
         stored = read_stored(conn) if tables.runner_jobs.name in names else {}
         plan = compute(desired, stored, prune, _spec_reader(conn))
         if tables.apscheduler_jobs.name in names:
-            _refuse_foreign(conn, plan.create)
+            refuse_foreign(conn, plan.create)
         return plan
 
 
@@ -126,31 +126,46 @@ def read_generation(conn: Connection) -> int:
     return int(value or 0)
 
 
-def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
-    by_id = {d.sourced.job.id: d for d in desired}
+def applied_by() -> str:
+    """Who wrote a stored job, as `runner show` prints it: user@host."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # a uid without a passwd entry and no $USER (containers)
         user = f"uid-{os.getuid()}"
-    applied_by = f"{user}@{socket.gethostname()}"
-    _refuse_foreign(conn, plan.create)
+    return f"{user}@{socket.gethostname()}"
+
+
+def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
+    """The `runner_jobs` row of a job: its spec and where it came from."""
+    return {
+        "id": want.sourced.job.id,
+        "spec": json.dumps(want.spec, sort_keys=True, separators=(",", ":")),
+        "spec_hash": want.hash,
+        "spec_format": tables.SPEC_FORMAT,
+        "file": want.sourced.file,
+        "line": want.sourced.line,
+        "applied_at": now,
+        "applied_by": by,
+    }
+
+
+def insert_new(conn: Connection, wants: Sequence[Desired], now: datetime, by: str) -> None:
+    """Store jobs that are not stored yet: both rows, scheduled from `now`."""
+    refuse_foreign(conn, [w.sourced.job.id for w in wants])
+    conn.execute(tables.runner_jobs.insert(), [owned_row(w, now, by) for w in wants])
+    conn.execute(tables.apscheduler_jobs.insert(), [fresh_row(w, now, None) for w in wants])
+
+
+def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
+    by_id = {d.sourced.job.id: d for d in desired}
+    by = applied_by()
 
     def runner_row(want: Desired) -> dict[str, Any]:
-        return {
-            "id": want.sourced.job.id,
-            "spec": json.dumps(want.spec, sort_keys=True, separators=(",", ":")),
-            "spec_hash": want.hash,
-            "spec_format": tables.SPEC_FORMAT,
-            "file": want.sourced.file,
-            "line": want.sourced.line,
-            "applied_at": now,
-            "applied_by": applied_by,
-        }
+        return owned_row(want, now, by)
 
     aps, own = tables.apscheduler_jobs, tables.runner_jobs
     if plan.create:
-        conn.execute(own.insert(), [runner_row(by_id[i]) for i in plan.create])
-        conn.execute(aps.insert(), [_fresh_row(by_id[i], now, None) for i in plan.create])
+        insert_new(conn, [by_id[i] for i in plan.create], now, by)
     if plan.update:
         _update(conn, plan, by_id, now, runner_row)
     if plan.moved:
@@ -168,7 +183,7 @@ def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: dateti
         conn.execute(delete(own).where(own.c.id.in_(chunk)))
 
 
-def _refuse_foreign(conn: Connection, ids: Sequence[str]) -> None:
+def refuse_foreign(conn: Connection, ids: Sequence[str]) -> None:
     aps = tables.apscheduler_jobs
     for chunk in chunks(ids):
         taken = conn.execute(select(aps.c.id).where(aps.c.id.in_(chunk))).scalars().first()
@@ -183,7 +198,7 @@ def _effective_paused(want: Desired, override: bool | None) -> bool:
     return override if override is not None else want.sourced.job.paused
 
 
-def _fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str, Any]:
+def fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str, Any]:
     job = want.sourced.job
     trigger = triggers.build(job, now=now.astimezone(ZoneInfo(job.zone)))
     next_run = (
@@ -225,7 +240,7 @@ def _update(
         blob = current.get(upd.id)
         paused_changed = "paused" in upd.changes
         if blob is None or upd.retrigger or (paused_changed and override is None):
-            rows.append(_fresh_row(want, now, override))
+            rows.append(fresh_row(want, now, override))
             continue
         state = jobstate.refresh_state(jobstate.loads(blob), want.sourced.job, want.spec)
         rows.append(

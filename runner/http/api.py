@@ -1,4 +1,5 @@
-"""The JSON control API: the same data as `runner jobs` / `runner runs`, plus run, pause, resume.
+"""The JSON control API: the same data as `runner jobs` / `runner runs`, plus run, pause, resume,
+and jobs added or deleted at run time (see `runner.runtimejobs`).
 
 Reads go straight to the database, so any node (leader or standby) answers the same.
 Control actions need the token (see `runner.http.auth`). "Run now" runs the job in this
@@ -16,18 +17,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from runner import history, jobstate, metrics, queries
+from runner import history, jobstate, metrics, queries, runtimejobs
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Status
 from runner.http import auth
 from runner.overrides import set_paused
+from runner.plan import IdTaken
 from runner.store import tables
 from runner.store.engine import READ_ONLY, describe_failure
 from runner.triggers import next_fire_times
@@ -45,6 +47,12 @@ class Error(BaseModel):
     detail: str = Field(description="What went wrong, for a human.")
 
 
+class Invalid(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="One line naming the job and the field; a list when the body is not an object."
+    )
+
+
 class JobOut(BaseModel):
     """One job, exactly as `runner jobs --output json` prints it."""
 
@@ -55,6 +63,7 @@ class JobOut(BaseModel):
     paused: bool
     last_status: StatusName | None
     last_run_at: DateTimeText | None
+    source: str = Field(description="`FILE:LINE` of a file job; `api` for one added at run time.")
 
 
 class RunOut(BaseModel):
@@ -103,6 +112,12 @@ READ: dict[int | str, dict[str, Any]] = {
 }
 
 JobIdPath = Annotated[str, Path(description="The job id.")]
+EXAMPLE_JOB = {
+    "id": "weekly-report-alice",
+    "target": "myapp.jobs:send_report",
+    "kwargs": {"user": "alice"},
+    "trigger": {"cron": "0 8 * * mon", "timezone": "Europe/Berlin"},
+}
 
 
 @contextmanager
@@ -110,6 +125,10 @@ def database_errors(server: Server) -> Iterator[None]:
     """Database trouble becomes a 503 with a one-line reason, never a 500 with a traceback."""
     try:
         yield
+    except runtimejobs.InvalidJob as exc:
+        raise HTTPException(422, str(exc)) from None
+    except (IdTaken, runtimejobs.NotRuntime) as exc:
+        raise HTTPException(409, str(exc)) from None
     except JobNotFound as exc:  # without the CLI's "run `runner jobs`" hint
         raise HTTPException(404, str(exc).split("; run `runner jobs`")[0]) from None
     except StoreError as exc:
@@ -206,6 +225,18 @@ def run_now(server: Server, job_id: str) -> dict[str, Any]:
 def pause(server: Server, job_id: str, paused: bool) -> dict[str, Any]:
     changed = set_paused(server.engine, job_id, paused)
     return {"id": job_id, "paused": paused, "changed": changed}
+
+
+def add_job(server: Server, job: Any) -> dict[str, Any]:
+    """Store a job added at run time and schedule it here now; other nodes follow the signal."""
+    job_id = runtimejobs.add(server.engine, job)
+    server.scheduler.refresh(ids=[job_id])
+    return queries.jobs(server.engine, job_id)[0]
+
+
+def remove_job(server: Server, job_id: str) -> None:
+    runtimejobs.remove(server.engine, job_id)
+    server.scheduler.refresh(ids=[job_id])
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -351,6 +382,47 @@ def router(server: Server) -> APIRouter:
         """The stored jobs the runner owns, as `runner jobs --output json`."""
         with database_errors(server):
             return queries.jobs(server.engine)
+
+    @api.post(
+        "/jobs",
+        status_code=201,
+        response_model=JobOut,
+        responses={
+            **CONTROL,
+            400: {"model": Error, "description": "The body is not JSON"},
+            409: {"model": Error, "description": "The id is taken (by a file job or another)"},
+            422: {
+                "model": Invalid,
+                "description": "Not a valid job; the message names the field",
+            },
+        },
+        dependencies=[Depends(control)],
+        summary="Add a job",
+        name="runner_api_add_job",
+    )
+    def post_job(
+        job: Annotated[
+            dict[str, Any],
+            Body(description="One job in the job-file format, as JSON.", examples=[EXAMPLE_JOB]),
+        ],
+    ) -> dict[str, Any]:
+        """Add a job at run time (source `api`): every node schedules it; applies leave it be."""
+        with database_errors(server):
+            return add_job(server, job)
+
+    @api.delete(
+        "/jobs/{job_id}",
+        status_code=204,
+        responses={**CONTROL, 409: {"model": Error, "description": "A file job"}},
+        dependencies=[Depends(control)],
+        summary="Delete a job added at run time",
+        name="runner_api_delete_job",
+    )
+    def delete_job(job_id: JobIdPath) -> Response:
+        """Only jobs added at run time; a file job is removed from its file. Runs are kept."""
+        with database_errors(server):
+            remove_job(server, job_id)
+        return Response(status_code=204)
 
     @api.get(
         "/jobs/{job_id}",

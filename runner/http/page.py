@@ -111,7 +111,8 @@ def _job_row(request: Request, job: dict[str, Any], refresh: int) -> str:
     return (
         f'    <tr data-job="{_e(job_id)}">'
         f'<td class="id"><a href="{_e(detail)}">{_e(job_id)}</a>'
-        f"<br><small>{_e(job['target'])}</small></td>"
+        f"<br><small>{_e(job['target'])}</small>"
+        f'<br><small class="source">from {_e(job["source"])}</small></td>'
         f"<td>{_e(describe_trigger(job['trigger']))}</td>"
         f'<td class="next">{_e(next_run)}</td>'
         f'<td class="outcome">{outcome}</td>'

@@ -18,7 +18,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: `runner_jobs` may hold jobs added at run time (file `api`, line 0). A database is raised
+to 2 when the first such job is added, so an older runner refuses it instead of pruning them."""
 SPEC_FORMAT = 1
 """Version of the stored job spec; a row with a higher one was written by a newer runner."""
 

@@ -29,7 +29,16 @@ from runner.serve import Options, Server
 TOKEN = "test-token-5f1c"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 CONTROL = ["run", "pause", "resume"]
-JOB_KEYS = {"id", "target", "trigger", "next_run_time", "paused", "last_status", "last_run_at"}
+JOB_KEYS = {
+    "id",
+    "target",
+    "trigger",
+    "next_run_time",
+    "paused",
+    "last_status",
+    "last_run_at",
+    "source",
+}
 RUN_KEYS = {
     "run_id",
     "job_id",

@@ -25,6 +25,8 @@ OPERATIONS = {
     "GET /readyz",
     "GET /metrics",
     "GET /api/jobs",
+    "POST /api/jobs",
+    "DELETE /api/jobs/{job_id}",
     "GET /api/jobs/{job_id}",
     "GET /api/runs",
     "POST /api/jobs/{job_id}/run",
@@ -44,6 +46,10 @@ def test_api_conforms_to_its_schema(live: HttpServer, token: str, mode: Generati
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not list(operation.iter_parameters()):
             continue  # nothing to get wrong
+        if mode is GenerationMode.POSITIVE and operation.label == "POST /api/jobs":
+            # Whether a job is accepted depends on the target allowlist and on the code that
+            # can be imported, which no schema can say; test_runtime_jobs_api covers it.
+            continue
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(

@@ -234,6 +234,7 @@ def test_create_then_reapply_writes_nothing(db_url: str, jobs_dir: Path) -> None
         "update": [],
         "delete": [],
         "unchanged": BASE_IDS,
+        "runtime": [],
         "applied": False,
     }
     # Byte for byte (and on PostgreSQL, same xmin: no row was even rewritten in place).
@@ -265,6 +266,7 @@ def test_update_shows_old_and_new_in_text_and_json(db_url: str, jobs_dir: Path) 
         ],
         "delete": [],
         "unchanged": ["once", "sleeper"],
+        "runtime": [],
         "applied": True,
     }
     assert state_of(db_url, "ticker")["args"][1]["kwargs"] == {"label": "b"}
@@ -322,6 +324,7 @@ def test_dry_run_writes_nothing_and_exit_codes(db_url: str, jobs_dir: Path) -> N
         "update": [],
         "delete": [],
         "unchanged": [],
+        "runtime": [],
         "applied": False,
     }
     assert dump(db_url) == empty  # not even the schema

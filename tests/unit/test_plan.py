@@ -187,6 +187,7 @@ def test_text_lines_and_json() -> None:
         ],
         "delete": ["d"],
         "unchanged": ["k"],
+        "runtime": [],
         "applied": True,
     }
 
