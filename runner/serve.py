@@ -137,6 +137,10 @@ class Server:
         metrics.set_broken_files(len(decision.broken))
         if problems == self.reconcile_problems:
             return
+        known = set(self.reconcile_problems)
+        for problem in problems:  # each once, when it appears: FILE:LINE:COL: ...
+            if problem not in known:
+                log.error("%s", problem)
         self.reconcile_problems = problems
         try:
             fileproblems.publish(self.engine, self.node, problems)

@@ -29,6 +29,7 @@ from runner.executors.processes import ProcessPool
 log = logging.getLogger("runner.runtime")
 
 SKIP_REASON = "previous run still going (max_instances)"
+LOST_LEADERSHIP = "not started: its node lost leadership"
 WARM_ENV = "RUNNER_WARM_PROCESSES"
 DEFAULT_WARM = 4
 MAX_THREADS = 4096
@@ -185,7 +186,7 @@ class Runtime:
                     1,
                     now,
                     0.0,
-                    Outcome(Status.MISSED, "not started: its node lost leadership"),
+                    Outcome(Status.MISSED, LOST_LEADERSHIP),
                 )
             return
         accepted: list[list[Fire]] = []
@@ -238,7 +239,26 @@ class Runtime:
             return []
 
     def _spawn(self, accepted: list[list[Fire]], first_attempt: int) -> None:
-        """On the loop: one task per job instance."""
+        """On the loop: one task per job instance.
+
+        Claimed while leading, but the loop may only get here after the process was frozen
+        (SIGSTOP, a stalled host) past its lease: then a new leader may be deciding the same
+        fires, and starting them could overlap it. They are recorded as not started instead.
+        """
+        if accepted and first_attempt == 1 and not self.may_start():
+            now = datetime.now(UTC)
+            for fires in accepted:
+                for fire in fires:
+                    log.warning(
+                        "fire of %s at %s not started: leadership lost",
+                        fire.job_id,
+                        fire.scheduled_at,
+                    )
+                    self.recorder.finished(
+                        fire, 1, now, 0.0, Outcome(Status.MISSED, LOST_LEADERSHIP)
+                    )
+                self._release_slot(fires[0].job_id)
+            return
         for fires in accepted:
             task = self.loop.create_task(self._run_in_turn(fires, first_attempt))
             self._loop_tasks.add(task)
@@ -270,12 +290,15 @@ class Runtime:
 
     def _done(self, job_id: str, task: asyncio.Task[Outcome]) -> None:
         self._loop_tasks.discard(task)
+        self._release_slot(job_id)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run of %s crashed: %r", job_id, task.exception())
+
+    def _release_slot(self, job_id: str) -> None:
         with self._lock:
             self._running[job_id] -= 1
             if self._running[job_id] <= 0:
                 del self._running[job_id]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("run of %s crashed: %r", job_id, task.exception())
 
     def stop(self, grace: float, abort: threading.Event | None = None) -> int:
         """Wait up to `grace` seconds (less if `abort` is set) for runs to end, then cancel the

@@ -125,8 +125,10 @@ def test_error_text_cannot_forge_runs_or_log_lines(app: Path) -> None:
     assert result.returncode == 1
     listing = runner(app, env, "runs", "--db", db)
     assert listing.returncode == 0
-    assert len(listing.stdout.strip().splitlines()) == 1, listing.stdout
-    assert "oops\\n999" in listing.stdout
+    header, *rows = listing.stdout.strip().splitlines()
+    assert header.split()[:2] == ["RUN", "JOB"], listing.stdout
+    assert len(rows) == 1, listing.stdout  # one run, one line, however its error reads
+    assert "oops\\n999" in rows[0]
     for line in result.stderr.splitlines():
         assert not line.startswith("999"), result.stderr
 
