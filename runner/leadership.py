@@ -31,6 +31,8 @@ RENEW_EVERY = 0.5
 SAFETY = 0.5
 """Stop starting runs this long before the lease could expire, to absorb clock-rate drift."""
 NODE_STALE_SECONDS = 5.0
+MANUAL_SUFFIX = ":manual"
+"""Ends the node name of a `runner run` process: it heartbeats, but never schedules."""
 
 _ACQUIRE = text(
     """
@@ -85,6 +87,7 @@ class Leadership:
 
     def _refuse_second_sqlite_node(self, conn: object) -> None:
         live, _ = nodes_by_liveness(conn, self.node)
+        live = [node for node in live if not node.endswith(MANUAL_SUFFIX)]
         if live:
             other = live[0]
             raise AnotherNodeRunning(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import fileproblems, history, jobstate
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
-from runner.leadership import NODE_STALE_SECONDS
+from runner.leadership import MANUAL_SUFFIX, NODE_STALE_SECONDS, RENEW_EVERY, Leadership
 from runner.plan import source
 from runner.reconcile import missing_sqlite_file
 from runner.store import schema, tables
@@ -204,16 +205,36 @@ def stored_spec(engine: Engine, job_id: str) -> dict[str, Any]:
 def run_once(engine: Engine, job_id: str, node: str | None = None) -> Outcome:
     """Run a stored job now, in this process, with its retries and timeout, recorded."""
     spec = stored_spec(engine, job_id)
-    node = node or f"{socket.gethostname()}:{os.getpid()}:manual"
+    node = node or f"{socket.gethostname()}:{os.getpid()}{MANUAL_SUFFIX}"
     fire = Fire(job_id, spec, datetime.now(UTC))
-    with engine.begin() as conn:
-        history.claim(conn, [(job_id, fire.scheduled_at)], node)
-    writer = history.Writer(engine, node)
-    writer.start()
+    # A node like any other while it runs: if this process dies, its heartbeat stops and the
+    # serving leader closes the run `interrupted`, as for a serve node that died.
+    presence = Leadership(engine, node)
+    presence.heartbeat()
+    beating = threading.Event()
+    threading.Thread(
+        target=_heartbeat, args=(presence, beating), name="runner-run-heartbeat", daemon=True
+    ).start()
     try:
-        return asyncio.run(run_fire(fire, writer))
+        with engine.begin() as conn:
+            history.claim(conn, [(job_id, fire.scheduled_at)], node)
+        writer = history.Writer(engine, node)
+        writer.start()
+        try:
+            return asyncio.run(run_fire(fire, writer))
+        finally:
+            writer.stop()
     finally:
-        writer.stop()
+        beating.set()
+        presence.resign()
+
+
+def _heartbeat(presence: Leadership, done: threading.Event) -> None:
+    while not done.wait(RENEW_EVERY):
+        try:
+            presence.heartbeat()
+        except Exception:  # the database is away: the next beat tries again
+            continue
 
 
 FORGET_DEAD_AFTER = 3600.0
