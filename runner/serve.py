@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from runner import fileproblems, history, hotreload, jobfiles, metrics, reconcile
 from runner.errors import InvalidJobFiles, StoreError
 from runner.execute import Fire, retries_of
+from runner.executors.procrastinate import ProcrastinateExecutor, ensure_schema
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
@@ -40,6 +41,8 @@ class Options:
     watch: bool = True
     grace: float = 30.0
     http: str | None = None
+    executor: str = "local"
+    """`local` runs fires here; `procrastinate` hands them to `runner worker` processes."""
 
 
 def node_name() -> str:
@@ -55,7 +58,13 @@ class Server:
         self.aborting = threading.Event()
         self.files = FileSet(list(options.paths))
         self.writer = history.Writer(self.engine, self.node)
-        self.runtime = Runtime(self.writer)
+        self.runtime: Runtime | ProcrastinateExecutor
+        if options.executor == "procrastinate":
+            if not is_postgres(self.engine):
+                raise StoreError("--executor procrastinate needs PostgreSQL")
+            self.runtime = ProcrastinateExecutor(self.node)
+        else:
+            self.runtime = Runtime(self.writer)
         self.leadership = Leadership(self.engine, self.node)
         self.scheduler = RunnerScheduler(
             self.engine,
@@ -215,6 +224,8 @@ class Server:
             return False
         self.leadership.prepare()
         try:
+            if isinstance(self.runtime, ProcrastinateExecutor):
+                ensure_schema(self.engine)
             self.reconcile()
             self.writer.start()
             self.runtime.start()
