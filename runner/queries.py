@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import fileproblems, history, jobstate
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
+from runner.executors.procrastinate import WORKER_SUFFIX
 from runner.leadership import NODE_STALE_SECONDS
 from runner.reconcile import missing_sqlite_file
 from runner.store import schema, tables
@@ -265,7 +266,9 @@ def status(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
                 "lease_until": None,
             }
     for n in listed:
-        if n["role"] == "live":
+        if n["role"] == "live" and n["node"].endswith(WORKER_SUFFIX):
+            n["role"] = "worker"  # a `runner worker`: heartbeats, never leads
+        elif n["role"] == "live":
             n["role"] = "leader" if leader and leader["node"] == n["node"] else "standby"
     return {"leader": leader, "nodes": listed}
 
