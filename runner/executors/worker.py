@@ -15,7 +15,6 @@ cancelled (their child processes killed) and recorded `interrupted`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import socket
@@ -31,6 +30,7 @@ from sqlalchemy.engine import make_url
 from runner import history
 from runner.executors.attempt import attempt as run_attempt
 from runner.executors.base import Fire, Outcome, Status
+from runner.executors.local import _Threads
 from runner.executors.processes import ProcessPool
 from runner.executors.procrastinate import TASK_NAME, WORKER_SUFFIX, ensure_schema
 from runner.leadership import Leadership
@@ -88,9 +88,7 @@ class Worker:
         self.name = worker_name()
         self.engine: Engine = connect(db_url)
         self.pool = ProcessPool(warm=min(2, concurrency))
-        self.threads = concurrent.futures.ThreadPoolExecutor(
-            max(4, concurrency), thread_name_prefix="runner-worker-job"
-        )
+        self.threads = _Threads()
         self.presence = Leadership(self.engine, self.name)
         self._stopped = threading.Event()
 
@@ -245,4 +243,10 @@ class Worker:
             self.threads.shutdown(wait=False, cancel_futures=True)
             self.engine.dispose()
         log.info("runner worker %s stopped", self.name)
+        stuck = self.threads.busy
+        if stuck:
+            # A sync target without a timeout cannot be stopped; Python would wait for it.
+            log.warning("%d sync job thread(s) still running; exiting without them", stuck)
+            logging.shutdown()
+            os._exit(0)
         return 0

@@ -297,3 +297,59 @@ def test_a_fire_nobody_takes_within_its_grace_is_missed_and_never_starts(
     ran = [r for r in rows if r["status"] == "succeeded"]
     assert len(cluster.calls.named("tick")) == len(ran)
     assert {r["status"] for r in rows} <= {"missed", "succeeded"}
+
+
+def test_sigterm_gives_running_attempts_the_grace_then_records_them_interrupted(
+    cluster: Cluster,
+) -> None:
+    (cluster.jobs / "jobs.yaml").write_text(
+        job_file(
+            "id: with-timeout, target: 'sampleapp.jobs:slow', "
+            "kwargs: {seconds: 3600, label: a}, trigger: {interval: 60}, timeout: 1h",
+            "id: no-timeout, target: 'sampleapp.jobs:slow', "
+            "kwargs: {seconds: 3600, label: b}, trigger: {interval: 60}",
+        )
+    )
+    worker = cluster.worker("--concurrency", "2", "--grace", "1")
+    cluster.serve(1)
+    wait_until(
+        lambda: len(cluster.history.with_status("running")) == 2, 90, 0.2, "both attempts running"
+    )
+    for proc in cluster.serves:
+        assert proc.stop() == 0
+    assert worker.stop(timeout=20) == 0, worker.log()
+    rows = cluster.history.runs()
+    assert {(r["job_id"], r["status"], r["error"]) for r in rows} == {
+        ("with-timeout", "interrupted", "worker stopped"),
+        ("no-timeout", "interrupted", "worker stopped"),
+    }
+    # A stopped worker leaves `runner status` (it is listed with --all only).
+    assert not [n for n in cluster.status()["nodes"] if n["node"].endswith(worker.name_part)]
+
+
+def test_queue_routes_a_job_to_its_workers(cluster: Cluster) -> None:
+    (cluster.jobs / "jobs.yaml").write_text(
+        job_file(
+            "id: heavy, target: 'sampleapp.jobs:tick', kwargs: {label: heavy}, "
+            "trigger: {interval: 1}, queue: reports",
+            *ticks(1),
+        )
+    )
+    reports = cluster.worker("--queue", "reports")
+    default = cluster.worker("--queue", "default")
+    cluster.serve(1)
+    wait_until(
+        lambda: (
+            len(cluster.history.with_status("succeeded", "heavy")) >= 3
+            and len(cluster.history.with_status("succeeded", "t0")) >= 3
+        ),
+        40,
+        0.2,
+        "runs of both queues",
+    )
+    cluster.settle()
+    rows = [r for r in cluster.history.runs() if r["status"] == "succeeded"]
+    assert {r["node"] for r in rows if r["job_id"] == "heavy"} == {
+        n for n in {r["node"] for r in rows} if n.endswith(reports.name_part)
+    }
+    assert all(r["node"].endswith(default.name_part) for r in rows if r["job_id"] == "t0")
