@@ -27,7 +27,7 @@ from runner.executors.procrastinate import ProcrastinateExecutor, ensure_schema
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
-from runner.scheduler import RunnerScheduler
+from runner.scheduler import LOOKAHEAD, RunnerScheduler
 from runner.store import schema
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
 
@@ -72,6 +72,8 @@ class Server:
             self.node,
             self.leadership.may_start,
             lease_left=self.leadership.valid_for,
+            # Handed over when due, so a worker is woken at once rather than at its next poll.
+            lookahead=0.0 if isinstance(self.runtime, ProcrastinateExecutor) else LOOKAHEAD,
         )
         self.last_reconcile_error: str | None = None
         self.reconcile_problems: list[str] = []

@@ -134,7 +134,9 @@ def defer(conn: Connection, items: Sequence[Handover]) -> None:
     """Defer these attempts to procrastinate in the caller's transaction."""
     if not items:
         return
-    queues, locks, args, dues = [], [], [], []
+    queues, locks, args = [], [], []
+    dues: list[datetime | None] = []
+    now = datetime.now(UTC)
     for item in items:
         spec = item.fire.spec
         queues.append(str(spec.get("queue") or "default"))
@@ -152,7 +154,9 @@ def defer(conn: Connection, items: Sequence[Handover]) -> None:
                 separators=(",", ":"),
             )
         )
-        dues.append(item.due.astimezone(UTC))
+        # Not before its time, but a fire due now goes without `scheduled_at`: procrastinate
+        # then wakes a worker at once (LISTEN/NOTIFY) instead of at its next poll.
+        dues.append(item.due.astimezone(UTC) if item.due > now else None)
     conn.exec_driver_sql(
         _DEFER, {"task": TASK_NAME, "queue": queues, "qlock": locks, "args": args, "due": dues}
     )

@@ -40,7 +40,7 @@ from runner.store.engine import connect, is_postgres
 log = logging.getLogger("runner.worker")
 
 HEARTBEAT_EVERY = 1.0
-POLL_EVERY = 1.0
+POLL_EVERY = 0.5
 """procrastinate's fallback poll; LISTEN/NOTIFY wakes the worker at once normally."""
 
 _START = """
