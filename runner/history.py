@@ -466,7 +466,8 @@ def prune(engine: Engine, cutoff: datetime) -> int:
     with engine.begin() as conn:
         result = conn.execute(
             delete(runs).where(
-                runs.c.status != Status.RUNNING, runs.c.scheduled_at < as_utc(cutoff)
+                runs.c.status.not_in((Status.RUNNING, Status.QUEUED)),
+                runs.c.scheduled_at < as_utc(cutoff),
             )
         )
     return int(result.rowcount or 0)
