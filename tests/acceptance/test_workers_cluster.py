@@ -224,7 +224,7 @@ def test_sigkill_of_a_worker_mid_run_is_interrupted_and_retried(cluster: Cluster
         return rows[0] if rows and rows[0]["status"] == "interrupted" else None
 
     row = wait_until(closed, 10, 0.1, "the killed attempt closed interrupted within 10 s")
-    assert "worker" in row["error"]
+    assert "stopped or died" in row["error"]  # closed by the leader, whichever sweep
     retry = wait_until(
         lambda: [
             r
