@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,29 +165,51 @@ def ticks(count: int) -> list[str]:
 
 
 def test_replicas_hand_every_fire_to_workers_once(cluster: Cluster) -> None:
-    (cluster.jobs / "jobs.yaml").write_text(job_file(*ticks(4)))
     workers = [cluster.worker("--concurrency", "3") for _ in range(3)]
+    soon = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
+    (cluster.jobs / "jobs.yaml").write_text(
+        job_file(
+            *ticks(4),
+            "id: long, target: 'sampleapp.jobs:slow', kwargs: {seconds: 10, label: long}, "
+            f"trigger: {{interval: 1h, start: '{soon}'}}, retries: {{max_attempts: 2, delay: 1}}",
+        )
+    )
     cluster.serve(2)
     first = cluster.leader()
 
     def succeeded() -> list[dict[str, Any]]:
         return cluster.history.with_status("succeeded")
 
-    wait_until(lambda: len(succeeded()) >= 24, 40, 0.2, "24 attempts run by workers")
-    # The leader dies; the standby takes over and goes on handing fires over.
-    assert first.proc is not None
+    # The leader dies, and so does the worker in the middle of the long attempt; the standby
+    # takes over, goes on handing fires over, and retries the attempt on another worker.
+    running = wait_until(
+        lambda: cluster.history.with_status("running", "long"), 40, 0.1, "the long attempt"
+    )[0]
+    assert len(succeeded()) >= 8, "the ticks run beside it"
+    victim = next(w for w in workers if running["node"].endswith(w.name_part))
+    assert first.proc is not None and victim.proc is not None
     first.proc.kill()
+    victim.proc.kill()
     first.proc.wait(10)
+    victim.proc.wait(10)
     before = len(succeeded())
     second = cluster.leader()
     assert second is not first
     wait_until(lambda: len(succeeded()) >= before + 12, 40, 0.2, "runs after the failover")
+    wait_until(lambda: cluster.history.with_status("succeeded", "long"), 40, 0.2, "the long retry")
     cluster.settle()
+    long_runs = cluster.history.runs("long")
+    assert [(r["attempt"], r["status"]) for r in long_runs] == [
+        (1, "interrupted"),
+        (2, "succeeded"),
+    ]
+    assert not long_runs[1]["node"].endswith(victim.name_part)
 
     rows = cluster.history.runs()
     keys = [(r["job_id"], r["scheduled_at"], r["attempt"]) for r in rows]
     assert len(keys) == len(set(keys))
     calls = collections.Counter(c["label"] for c in cluster.calls.named("tick"))
+    calls["long"] = len(cluster.calls.named("slow_end"))
     done = collections.Counter(r["job_id"] for r in rows if r["status"] == "succeeded")
     assert calls == done, "each succeeded attempt is exactly one call of its target"
     assert sum(done.values()) >= before + 12
@@ -194,8 +217,8 @@ def test_replicas_hand_every_fire_to_workers_once(cluster: Cluster) -> None:
     nodes = collections.Counter(r["node"] for r in rows if r["status"] == "succeeded")
     assert all(node.endswith(WORKER) for node in nodes), nodes
     serve_pids = {p.proc.pid for p in cluster.serves if p.proc}
-    assert not {c["ppid"] for c in cluster.calls.named("tick")} & serve_pids
-    assert not {c["pid"] for c in cluster.calls.named("tick")} & serve_pids
+    assert not {c["ppid"] for c in cluster.calls.all()} & serve_pids
+    assert not {c["pid"] for c in cluster.calls.all()} & serve_pids
     busy = [w for w in workers if any(n.endswith(w.name_part) for n in nodes)]
     assert len(busy) >= 2, nodes
     assert not [r for r in rows if r["status"] in ("queued", "running")]
