@@ -90,8 +90,8 @@ class Cluster:
             proc.wait_for_log(r"serving \d+ job\(s\)", 30)
         return started
 
-    def worker(self, *args: str) -> WorkerProcess:
-        proc = WorkerProcess(self.db_url, self.env, self.root, list(args)).start()
+    def worker(self, *args: str, **env: str) -> WorkerProcess:
+        proc = WorkerProcess(self.db_url, {**self.env, **env}, self.root, list(args)).start()
         self.workers.append(proc)
         wait_until(lambda: self._beating(proc), 30, 0.2, "the worker's heartbeat")
         return proc
@@ -356,10 +356,14 @@ def test_queue_routes_a_job_to_its_workers(cluster: Cluster) -> None:
             "id: heavy, target: 'sampleapp.jobs:tick', kwargs: {label: heavy}, "
             "trigger: {interval: 1}, queue: reports",
             *ticks(1),
+            "id: env, target: 'sampleapp.jobs:echo_env', kwargs: {value: '${ONLY_ON_WORKER}'}, "
+            "trigger: {interval: 1}",
         )
     )
     reports = cluster.worker("--queue", "reports")
-    default = cluster.worker("--queue", "default")
+    default = cluster.worker(
+        "--queue", "default", ONLY_ON_WORKER="from-the-worker", RUNNER_JOB_ENV="ONLY_ON_WORKER"
+    )
     cluster.serve(1)
     wait_until(
         lambda: (
@@ -376,3 +380,7 @@ def test_queue_routes_a_job_to_its_workers(cluster: Cluster) -> None:
         n for n in {r["node"] for r in rows} if n.endswith(reports.name_part)
     }
     assert all(r["node"].endswith(default.name_part) for r in rows if r["job_id"] == "t0")
+    # `${VAR}` is resolved where the attempt runs: the replica has no such variable.
+    echoed = cluster.calls.named("echo_env")
+    assert echoed, [(r["status"], r["error"]) for r in cluster.history.runs("env")]
+    assert {c["value"] for c in echoed} == {"from-the-worker"}
