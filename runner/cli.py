@@ -269,6 +269,15 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     help="Seconds running jobs get to finish at shutdown.",
 )
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "procrastinate"]),
+    envvar="RUNNER_EXECUTOR",
+    default="local",
+    show_default=True,
+    help="Run fires here, or hand them to `runner worker` processes (PostgreSQL; env "
+    "RUNNER_EXECUTOR).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON objects (default: as --output).",
@@ -286,6 +295,7 @@ def serve(
     no_watch: bool,
     http: str | None,
     grace: float,
+    executor: str,
     log_format: str | None,
     log_level: str,
     output: str,
@@ -302,7 +312,9 @@ def serve(
     if http is not None:
         _check_http(http)
     logs.setup(log_format or output, log_level)
-    options = Options(_paths(paths), db_url, watch=not no_watch, grace=grace, http=http)
+    options = Options(
+        _paths(paths), db_url, watch=not no_watch, grace=grace, http=http, executor=executor
+    )
     try:
         code = run_server(options)
     except InvalidJobFiles as exc:
@@ -504,6 +516,57 @@ def pause(job_id: str, db_url: str, output: str) -> None:
 def resume(job_id: str, db_url: str, output: str) -> None:
     """Lift an operator's pause; the job is scheduled again from now."""
     _set_paused(job_id, db_url, output, False)
+
+
+@main.command()
+@db_option
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="NAME",
+    help="Take fires of this queue only (repeat for several; default: all queues).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Attempts run at once.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running attempts get to finish at SIGTERM/SIGINT.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def worker(
+    db_url: str,
+    queues: tuple[str, ...],
+    concurrency: int,
+    grace: float,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run the fires `serve --executor procrastinate` hands over (PostgreSQL), until SIGTERM."""
+    from runner import logs
+    from runner.executors.worker import Worker
+
+    logs.setup(log_format, log_level)
+    sys.exit(Worker(db_url, queues, concurrency, grace).run())
 
 
 @main.command()

@@ -85,7 +85,9 @@ class Runner:
             self.server.stopping.set()
         # Runtime.stop stops the runs' event loop without closing it; close it here so an
         # application that stops the runner does not leak its sockets.
-        loop = self.server.runtime.loop
+        loop = getattr(self.server.runtime, "loop", None)  # none without a local executor
+        if loop is None:
+            return
         if (self._up or not self._started) and not loop.is_running() and not loop.is_closed():
             loop.close()
 

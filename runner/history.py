@@ -83,7 +83,7 @@ class Mark:
 
 _CLAIM_PG = """
 INSERT INTO runner_runs (job_id, scheduled_at, attempt, status, node)
-SELECT u.job_id, u.scheduled_at, 1, 'running', %(node)s
+SELECT u.job_id, u.scheduled_at, 1, %(status)s, %(node)s
 FROM unnest(%(job_id)s::text[], %(scheduled_at)s::timestamptz[]) AS u(job_id, scheduled_at)
 ON CONFLICT (job_id, scheduled_at, attempt) DO NOTHING
 RETURNING job_id, scheduled_at
@@ -144,21 +144,26 @@ def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, l
 
 
 def claim(
-    conn: Connection, fires: Sequence[tuple[str, datetime]], node: str
+    conn: Connection,
+    fires: Sequence[tuple[str, datetime]],
+    node: str,
+    status: str = Status.RUNNING,
 ) -> set[tuple[str, datetime]]:
-    """Insert the first-attempt row of each fire; return the fires this node won."""
+    """Insert the first-attempt row of each fire; return the fires this node won.
+
+    `queued` instead of `running` when the fires are handed to workers."""
     if not fires:
         return set()
     if conn.dialect.name == "postgresql":
         params = _columns(("job_id", "scheduled_at"), [(j, as_utc(at)) for j, at in fires])
-        result = conn.exec_driver_sql(_CLAIM_PG, {**params, "node": node})
+        result = conn.exec_driver_sql(_CLAIM_PG, {**params, "node": node, "status": status})
         return {(job_id, as_utc(at)) for job_id, at in result}
     rows = [
         {
             "job_id": job_id,
             "scheduled_at": as_utc(at),
             "attempt": 1,
-            "status": Status.RUNNING,
+            "status": status,
             "node": node,
         }
         for job_id, at in fires
@@ -461,7 +466,8 @@ def prune(engine: Engine, cutoff: datetime) -> int:
     with engine.begin() as conn:
         result = conn.execute(
             delete(runs).where(
-                runs.c.status != Status.RUNNING, runs.c.scheduled_at < as_utc(cutoff)
+                runs.c.status.not_in((Status.RUNNING, Status.QUEUED)),
+                runs.c.scheduled_at < as_utc(cutoff),
             )
         )
     return int(result.rowcount or 0)

@@ -51,6 +51,9 @@ Duration = Annotated[
 
 TARGET_PATTERN = r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
+QueueName = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=63)]
+"""A procrastinate queue that `runner worker --queue` takes fires from."""
+DEFAULT_QUEUE = "default"
 
 
 def _in_range(moment: datetime) -> datetime:
@@ -214,6 +217,8 @@ class JobFields(_Model):
     paused: bool | None = None
     description: str | None = None
     labels: dict[str, str] | None = None
+    queue: QueueName | None = None
+    """Which workers take the job's fires under `serve --executor procrastinate`."""
 
     @field_validator("args", "kwargs")
     @classmethod
@@ -266,6 +271,9 @@ class Job(_Model):
     paused: bool = False
     description: str | None = None
     labels: dict[str, str] = {}
+    queue: str | None = None
+    """Unset means `default`; left out of the stored spec then, so existing specs keep
+    their hash."""
 
     @property
     def zone(self) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import fileproblems, history, jobstate
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Outcome, run_fire
+from runner.executors.procrastinate import WORKER_SUFFIX
 from runner.leadership import MANUAL_SUFFIX, NODE_STALE_SECONDS, RENEW_EVERY, Leadership
 from runner.plan import source
 from runner.reconcile import missing_sqlite_file
@@ -289,7 +290,9 @@ def status(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
                 "lease_until": None,
             }
     for n in listed:
-        if n["role"] == "live":
+        if n["role"] == "live" and n["node"].endswith(WORKER_SUFFIX):
+            n["role"] = "worker"  # a `runner worker`: heartbeats, never leads
+        elif n["role"] == "live":
             n["role"] = "leader" if leader and leader["node"] == n["node"] else "standby"
     return {"leader": leader, "nodes": listed}
 

@@ -35,8 +35,10 @@ from sqlalchemy import Connection, Engine
 
 from runner import history, metrics
 from runner.execute import Fire, Status
+from runner.executors.base import Executor
+from runner.executors.procrastinate import Handover
 from runner.jobstore import RunnerJobStore, same_trigger
-from runner.runtime import SKIP_REASON, Runtime
+from runner.runtime import SKIP_REASON
 
 log = logging.getLogger("runner.scheduler")
 
@@ -70,7 +72,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
     def __init__(
         self,
         engine: Engine,
-        runtime: Runtime,
+        runtime: Executor,
         node: str,
         may_start: Callable[[], bool] = lambda: True,
         flush_every: float = FLUSH_EVERY,
@@ -121,6 +123,10 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         if self.state == STATE_PAUSED or not self.may_start():
             return MAX_WAIT
         now = self.clock()
+        sweep = getattr(self.runtime, "sweep", None)
+        if sweep is not None:  # attempts handed to workers: their deaths, misses, retries
+            with self.engine.connect() as conn:
+                sweep(conn, self.store.lookup_job, now)
         # Fires due within the look-ahead are claimed now and started on time by the loop, so
         # the claim's round trip is not added to their lag. Never beyond the lease: a fire is
         # only claimed ahead if this node is sure to still lead when it is due.
@@ -163,16 +169,23 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
                 claims.extend((job.id, t) for t in runnable)
             due.append(_Due(job, runnable, moment, skip))
         won: set[tuple[str, datetime]] = set()
+        hand_over = getattr(self.runtime, "hand_over", None)
         if claims or marks:
             # Record before advancing: if this fails, the jobs stay due and the pass is retried.
             with conn.begin():
-                won = history.claim(conn, claims, self.node)
+                status = Status.QUEUED if hand_over is not None else Status.RUNNING
+                won = history.claim(conn, claims, self.node, status)
                 history.mark(conn, marks, self.node)
+                if hand_over is not None and won:
+                    # Claimed and deferred in one transaction: both or neither commit.
+                    hand_over(conn, _handovers(due, won))
             for item_mark in marks:
                 metrics.fire_marked(item_mark.job_id, item_mark.status)
         for item in due:
             item.job.next_run_time = item.next_run_time
         self.store.advanced_many([item.job for item in due])
+        if hand_over is not None:
+            return
         batch: list[tuple[list[Fire], int]] = []
         later: dict[datetime, list[tuple[Fire, int]]] = {}
         known = 0
@@ -305,6 +318,19 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
             log.info("store changed: %d job(s) reloaded", len(changed))
         if self.running:
             self.wakeup()
+
+
+def _handovers(due: list[_Due], won: set[tuple[str, datetime]]) -> list[Handover]:
+    """The first attempts this pass won, for workers: each due at its scheduled time."""
+    items = []
+    for item in due:
+        if item.skip:
+            continue
+        for moment in item.runnable:
+            if (item.job.id, moment.astimezone(UTC)) in won:
+                fire = Fire(item.job.id, item.job.args[1], moment)
+                items.append(Handover(fire, 1, moment, item.job.misfire_grace_time))
+    return items
 
 
 MAX_CATCH_UP = 100_000

@@ -23,10 +23,11 @@ from sqlalchemy import Engine
 from runner import fileproblems, history, hotreload, jobfiles, metrics, reconcile
 from runner.errors import InvalidJobFiles, StoreError
 from runner.execute import Fire, retries_of
+from runner.executors.procrastinate import ProcrastinateExecutor, ensure_schema
 from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
-from runner.scheduler import RunnerScheduler
+from runner.scheduler import LOOKAHEAD, RunnerScheduler
 from runner.store import schema
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
 
@@ -40,6 +41,8 @@ class Options:
     watch: bool = True
     grace: float = 30.0
     http: str | None = None
+    executor: str = "local"
+    """`local` runs fires here; `procrastinate` hands them to `runner worker` processes."""
 
 
 def node_name() -> str:
@@ -55,7 +58,13 @@ class Server:
         self.aborting = threading.Event()
         self.files = FileSet(list(options.paths))
         self.writer = history.Writer(self.engine, self.node)
-        self.runtime = Runtime(self.writer)
+        self.runtime: Runtime | ProcrastinateExecutor
+        if options.executor == "procrastinate":
+            if not is_postgres(self.engine):
+                raise StoreError("--executor procrastinate needs PostgreSQL")
+            self.runtime = ProcrastinateExecutor(self.node)
+        else:
+            self.runtime = Runtime(self.writer)
         self.leadership = Leadership(self.engine, self.node)
         self.scheduler = RunnerScheduler(
             self.engine,
@@ -63,6 +72,8 @@ class Server:
             self.node,
             self.leadership.may_start,
             lease_left=self.leadership.valid_for,
+            # Handed over when due, so a worker is woken at once rather than at its next poll.
+            lookahead=0.0 if isinstance(self.runtime, ProcrastinateExecutor) else LOOKAHEAD,
         )
         self.last_reconcile_error: str | None = None
         self.reconcile_problems: list[str] = []
@@ -222,6 +233,8 @@ class Server:
             return False
         self.leadership.prepare()
         try:
+            if isinstance(self.runtime, ProcrastinateExecutor):
+                ensure_schema(self.engine)
             self.reconcile()
             self.writer.start()
             self.runtime.start()
