@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from runner.execute import Status
 from runner.runtime import SKIP_REASON
+from runner.scheduler import CHUNK
 from runner.store import tables
 
 from .harness import Sim, write_jobs
@@ -109,7 +110,11 @@ def test_max_instances_runs_below_the_limit_and_skips_at_it(
 ) -> None:
     path = write_jobs(
         tmp_path / "jobs.yaml",
-        [_job("busy", {"cron": "* * * * *"}, max_instances=limit, coalesce=False)],
+        [
+            _job("busy", {"cron": "* * * * *"}, max_instances=limit, coalesce=False),
+            # Decided in the same passes, after the busy one: never held up by its skip.
+            _job("free", {"cron": "* * * * *"}, coalesce=False),
+        ],
     )
     sim = Sim(sim_url, [path], NOON - SECOND)
     try:
@@ -122,16 +127,39 @@ def test_max_instances_runs_below_the_limit_and_skips_at_it(
         sim.executions.going["busy"] = limit + 1  # above it (a retry in flight): skipped too
         sim.clock.set(NOON + 2 * MINUTE)
         sim.run_pass()
-        handed = [h.scheduled_at for h in sim.executions.handed]
+        handed = [h.scheduled_at for h in sim.executions.handed if h.job_id == "busy"]
+        free = [h.scheduled_at for h in sim.executions.handed if h.job_id == "free"]
         rows = _by_fire(sim)
     finally:
         sim.close()
     assert handed == [NOON]
+    assert free == [NOON + n * MINUTE for n in range(3)]
     assert rows[("busy", NOON)]["status"] == Status.RUNNING
     for moment in (NOON + MINUTE, NOON + 2 * MINUTE):
         row = rows[("busy", moment)]
         assert row["status"] == Status.SKIPPED
         assert row["error"] == SKIP_REASON
+
+
+def test_a_pass_with_more_jobs_due_than_one_chunk_hands_every_one_over(
+    sim_url: str, tmp_path: Path
+) -> None:
+    count = CHUNK * 2 + 7
+    path = write_jobs(
+        tmp_path / "jobs.yaml",
+        [_job(f"job{n:04d}", {"cron": "* * * * *"}) for n in range(count)],
+    )
+    sim = Sim(sim_url, [path], NOON - SECOND)
+    try:
+        sim.clock.set(NOON)
+        sim.run_pass()
+        handed = sorted(h.job_id for h in sim.executions.handed)
+        rows = sim.rows()
+    finally:
+        sim.close()
+    assert handed == [f"job{n:04d}" for n in range(count)]
+    assert len(rows) == count
+    assert {r["status"] for r in rows} == {Status.RUNNING}
 
 
 # --- jitter, start and end ----------------------------------------------------------------
