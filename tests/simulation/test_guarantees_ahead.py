@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert
 
 from runner import history
-from runner.execute import Fire, Status
+from runner.execute import Fire, Outcome, Status
 from runner.scheduler import RunnerScheduler
 from runner.store import tables
 
@@ -198,3 +198,34 @@ def test_prune_drops_finished_runs_before_the_cutoff_and_keeps_running_ones(
         (NOON + 4 * MINUTE, Status.SUCCEEDED),
         (NOON + 5 * MINUTE, Status.RUNNING),
     ]
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-batch", "two-batches"])
+def test_an_attempts_end_is_recorded_as_it_ended(
+    sim_url: str, tmp_path: Path, together: bool
+) -> None:
+    path = write_jobs(tmp_path / "jobs.yaml", [_job()])
+    sim = Sim(sim_url, [path], NOON, real_runtime=True)
+    writer = sim.writer
+    assert writer is not None
+    fire = Fire("soon", {}, NOON)
+    try:
+        with sim.engine.begin() as conn:
+            assert history.claim(conn, [("soon", NOON)], NODE) == {("soon", NOON)}
+        writer.started(fire, 1, NOON + SECOND)
+        if not together:
+            assert writer.drain(30.0)
+        writer.finished(
+            fire, 1, NOON + 3 * SECOND, 2.5, Outcome(Status.FAILED, "it broke", "Traceback...")
+        )
+        [row] = sim.rows()
+    finally:
+        sim.close()
+    assert history.as_utc(row["started_at"]) == NOON + SECOND
+    assert history.as_utc(row["finished_at"]) == NOON + 3 * SECOND
+    assert row["duration"] == 2.5
+    assert (row["status"], row["error"], row["traceback"]) == (
+        Status.FAILED,
+        "it broke",
+        "Traceback...",
+    )
