@@ -114,20 +114,22 @@ class FileSet:
         if unknown:
             return [], unknown
         jobs = [d for file in sorted(self.good) for d in self.good[file]]
-        seen: dict[str, Desired] = {}
-        problems = []
-        for want in jobs:
-            first = seen.setdefault(want.sourced.job.id, want)
-            if first is not want:
-                s = want.sourced
-                problems.append(
-                    Problem(
-                        s.file,
-                        s.line,
-                        1,
-                        s.job.id,
-                        "id",
-                        f"duplicate id, first defined at {first.sourced.file}:{first.sourced.line}",
-                    )
-                )
+        problems = duplicate_ids(jobs)
         return (jobs, []) if not problems else ([], problems)
+
+
+def duplicate_ids(jobs: list[Desired]) -> list[Problem]:
+    """An id defined twice, located at its second definition."""
+    seen: dict[str, Desired] = {}
+    problems = []
+    for want in jobs:
+        first = seen.setdefault(want.sourced.job.id, want)
+        if first is not want:
+            s = want.sourced
+            where = f"{first.sourced.file}:{first.sourced.line}"
+            problems.append(
+                Problem(
+                    s.file, s.line, 1, s.job.id, "id", f"duplicate id, first defined at {where}"
+                )
+            )
+    return problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runner.errors import Problem
-from runner.fileset import FileSet
+from runner.fileset import FileSet, duplicate_ids
 from runner.plan import Desired
 
 
@@ -36,23 +36,7 @@ def decide(files: FileSet) -> Decision:
     _, reported = files.desired()
     blocking = [p for p in reported if p.file not in files.bad and p.file not in files.good]
     jobs = [d for file in sorted(files.good) for d in files.good[file]]
-    blocking.extend(_duplicates(jobs))
+    blocking.extend(duplicate_ids(jobs))
     if blocking:
         return Decision([], False, broken, blocking)
     return Decision(jobs, not broken, broken, [])
-
-
-def _duplicates(jobs: list[Desired]) -> list[Problem]:
-    seen: dict[str, Desired] = {}
-    problems = []
-    for want in jobs:
-        first = seen.setdefault(want.sourced.job.id, want)
-        if first is not want:
-            s = want.sourced
-            where = f"{first.sourced.file}:{first.sourced.line}"
-            problems.append(
-                Problem(
-                    s.file, s.line, 1, s.job.id, "id", f"duplicate id, first defined at {where}"
-                )
-            )
-    return problems
