@@ -10,40 +10,13 @@ from __future__ import annotations
 
 import json
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import timetravel
 import yaml
-from acceptance.serve_helpers import ServeProcess, base_env, wait_until
-from sqlalchemy import create_engine, text
-
-
-def _runs(db: Path) -> list[dict[str, Any]]:
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT scheduled_at, status, error FROM runner_runs ORDER BY scheduled_at")
-            )
-            return [{**row._mapping, "scheduled_at": _utc(row.scheduled_at)} for row in rows]
-    except Exception as exc:  # not created yet
-        if "runner_runs" in str(exc):
-            return []
-        raise
-    finally:
-        engine.dispose()
-
-
-def _utc(value: Any) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _succeeded(db: Path) -> list[datetime]:
-    return [r["scheduled_at"] for r in _runs(db) if r["status"] == "succeeded"]
+from acceptance.serve_helpers import History, ServeProcess, base_env, wait_until
 
 
 @pytest.mark.slow
@@ -57,16 +30,22 @@ def test_clock_steps_back_and_forward_under_a_real_serve(tmp_path: Path) -> None
     serve = ServeProcess(
         [str(tmp_path / "jobs.yaml")], f"sqlite:///{db}", env, tmp_path, ["--no-watch"]
     ).start()
+    history = History(f"sqlite:///{db}")
+
+    def succeeded() -> list[datetime]:
+        return [r["scheduled_at"] for r in history.with_status("succeeded")]
+
     try:
-        wait_until(lambda: len(_succeeded(db)) >= 3, 60, 0.1, "three runs")
+        serve.wait_ready(60)  # its tables exist from here on
+        wait_until(lambda: len(succeeded()) >= 3, 60, 0.1, "three runs")
         timetravel.step(offset, -20)
-        before = len(_succeeded(db))
-        wait_until(lambda: len(_succeeded(db)) >= before + 5, 120, 0.2, "runs after stepping back")
-        ran_before_jump = _succeeded(db)
+        before = len(succeeded())
+        wait_until(lambda: len(succeeded()) >= before + 5, 120, 0.2, "runs after stepping back")
+        ran_before_jump = succeeded()
         timetravel.step(offset, -20 + 3600)
         jumped_from = ran_before_jump[-1]
         wait_until(
-            lambda: any(t > jumped_from + timedelta(minutes=59) for t in _succeeded(db)),
+            lambda: any(t > jumped_from + timedelta(minutes=59) for t in succeeded()),
             60,
             0.2,
             "a run after the jump forward",
@@ -76,11 +55,12 @@ def test_clock_steps_back_and_forward_under_a_real_serve(tmp_path: Path) -> None
     finally:
         serve.kill()
 
-    rows = _runs(db)
+    rows = history.runs()
+    history.close()
     times = [r["scheduled_at"] for r in rows]
     assert len(times) == len(set(times)), "a fire was recorded twice"
     executed = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert len(executed) == len(_succeeded(db)), "a target ran without a run, or twice"
+    assert len(executed) == len(succeeded()), "a target ran without a run, or twice"
     first, last = times[0], times[-1]
     slots = [
         first + timedelta(seconds=2 * n)

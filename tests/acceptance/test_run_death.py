@@ -11,25 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve_helpers import ServeProcess, base_env, job_file, runner_cli, wait_until
-from sqlalchemy import create_engine, text
-
-
-def _runs(db: Path, job_id: str) -> list[dict[str, object]]:
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            query = text(
-                "SELECT attempt, status, node, error FROM runner_runs WHERE job_id = :j"
-                " ORDER BY attempt"
-            )
-            return [dict(row._mapping) for row in conn.execute(query, {"j": job_id})]
-    except Exception as exc:
-        if "runner_runs" in str(exc):
-            return []
-        raise
-    finally:
-        engine.dispose()
+from serve_helpers import History, ServeProcess, base_env, job_file, runner_cli, wait_until
 
 
 def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -> None:
@@ -45,6 +27,7 @@ def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -
     env = base_env(tmp_path / "calls.jsonl")
     applied = runner_cli(["apply", str(jobs), "--db", url], env, tmp_path)
     assert applied.returncode == 0, applied.stderr
+    history = History(url)
     run = subprocess.Popen(
         [sys.executable, "-m", "runner", "run", "long", "--db", url],
         env=env,
@@ -54,8 +37,8 @@ def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -
     )
     serve: ServeProcess | None = None
     try:
-        wait_until(lambda: _runs(db, "long"), 30, 0.1, "the manual run to be claimed")
-        (first,) = _runs(db, "long")
+        wait_until(lambda: history.runs("long"), 30, 0.1, "the manual run to be claimed")
+        (first,) = history.runs("long")
         assert first["status"] == "running" and str(first["node"]).endswith(":manual")
         run.send_signal(signal.SIGKILL)
         run.wait(10)
@@ -63,7 +46,7 @@ def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -
         serve = ServeProcess([str(jobs)], url, env, tmp_path, ["--no-watch"]).start()
         closed = wait_until(
             lambda: [
-                r for r in _runs(db, "long") if r["attempt"] == 1 and r["status"] != "running"
+                r for r in history.runs("long") if r["attempt"] == 1 and r["status"] != "running"
             ],
             30,
             0.2,
@@ -71,7 +54,7 @@ def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -
         )
         assert closed[0]["status"] == "interrupted", closed
         retried = wait_until(
-            lambda: [r for r in _runs(db, "long") if r["attempt"] == 2], 30, 0.2, "the retry"
+            lambda: [r for r in history.runs("long") if r["attempt"] == 2], 30, 0.2, "the retry"
         )
         assert retried[0]["node"] != first["node"]
     finally:
@@ -79,3 +62,4 @@ def test_a_killed_runner_run_is_closed_interrupted_and_retried(tmp_path: Path) -
             run.kill()
         if serve is not None:
             serve.kill()
+        history.close()
