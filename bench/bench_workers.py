@@ -42,7 +42,7 @@ from runner.executors.procrastinate import (  # noqa: E402
     ProcrastinateExecutor,
     ensure_schema,
 )
-from runner.store import schema  # noqa: E402
+from runner.store import migrate  # noqa: E402
 from runner.store.engine import connect  # noqa: E402
 
 
@@ -168,7 +168,7 @@ def handover_cost(fires: int) -> tuple[float, float]:
     url = create_db()
     engine = connect(url)
     try:
-        schema.ensure(engine)
+        migrate.ensure(engine)
         ensure_schema(engine)
         executor = ProcrastinateExecutor("bench")
         base = datetime(2030, 1, 1, tzinfo=UTC)

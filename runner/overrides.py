@@ -16,13 +16,13 @@ from sqlalchemy import Engine, select, update
 from runner import jobstate
 from runner.errors import JobNotFound
 from runner.reconcile import APPLY_LOCK, bump_generation
-from runner.store import schema, tables
+from runner.store import migrate, tables
 from runner.store.engine import is_postgres
 
 
 def set_paused(engine: Engine, job_id: str, paused: bool, now: datetime | None = None) -> bool:
     """Pause or resume a job; returns whether anything changed."""
-    schema.ensure(engine)
+    migrate.ensure(engine)
     own, aps = tables.runner_jobs, tables.apscheduler_jobs
     now = now or datetime.now(UTC)
     with engine.begin() as conn:

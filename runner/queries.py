@@ -21,7 +21,7 @@ from runner.executors.procrastinate import WORKER_SUFFIX
 from runner.leadership import MANUAL_SUFFIX, NODE_STALE_SECONDS, RENEW_EVERY, Leadership
 from runner.plan import source
 from runner.reconcile import missing_sqlite_file
-from runner.store import schema, tables
+from runner.store import migrate, tables
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
 from runner.triggers import next_fire_times
 
@@ -41,7 +41,7 @@ def open_existing(url: str, hint: str = "") -> Engine:
         )
     try:
         with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-            names = schema.existing_tables(conn)
+            names = migrate.existing_tables(conn)
     except StoreError:
         engine.dispose()
         raise

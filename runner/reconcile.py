@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from runner import jobstate, triggers
 from runner.errors import StoreError
 from runner.plan import Desired, Plan, Stored, compute
-from runner.store import schema, tables
+from runner.store import migrate, tables
 from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY, describe_failure, is_postgres
 
@@ -68,7 +68,7 @@ def apply(
     try:
         if dry_run:
             return _plan_only(engine, desired, prune), False
-        schema.ensure(engine)
+        migrate.ensure(engine)
         with engine.begin() as conn:
             if is_postgres(engine):
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
@@ -92,7 +92,7 @@ def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
     if missing_sqlite_file(engine):  # connecting would create the file
         return compute(desired, {}, prune, lambda ids: {})
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-        names = schema.existing_tables(conn)
+        names = migrate.existing_tables(conn)
         stored = read_stored(conn) if tables.runner_jobs.name in names else {}
         plan = compute(desired, stored, prune, _spec_reader(conn))
         if tables.apscheduler_jobs.name in names:

@@ -21,7 +21,7 @@ from runner import jobfiles, reconcile, validate
 from runner.errors import JobNotFound, Problem, RunnerError, StoreError, printable
 from runner.jobfiles import SourcedJob
 from runner.plan import RUNTIME_FILE, RUNTIME_LINE, Desired, IdTaken, is_runtime
-from runner.store import schema, tables
+from runner.store import migrate, tables
 from runner.store.engine import describe_failure, is_postgres
 
 
@@ -73,7 +73,7 @@ def add(engine: Engine, job: Mapping[str, Any], now: datetime | None = None) -> 
     """Validate and store one job with the owner `api`; returns its id."""
     want = parse(job)
     job_id = want.sourced.job.id
-    schema.ensure(engine)
+    migrate.ensure(engine)
     try:
         _insert(engine, want, now or datetime.now(UTC))
     except SQLAlchemyError as exc:

@@ -28,7 +28,7 @@ from runner.fileset import FileSet
 from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
 from runner.scheduler import LOOKAHEAD, RunnerScheduler
-from runner.store import schema
+from runner.store import migrate
 from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
 
 log = logging.getLogger("runner.serve")
@@ -90,7 +90,7 @@ class Server:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                schema.ensure(self.engine)
+                migrate.ensure(self.engine)
                 return
             except StoreError as exc:
                 log.error("%s; retrying in %.1fs", exc, delay)

@@ -34,7 +34,7 @@ from runner.executors.local import _Threads
 from runner.executors.processes import ProcessPool
 from runner.executors.procrastinate import TASK_NAME, WORKER_SUFFIX, ensure_schema
 from runner.leadership import Leadership
-from runner.store import schema
+from runner.store import migrate
 from runner.store.engine import connect, is_postgres
 
 log = logging.getLogger("runner.worker")
@@ -223,7 +223,7 @@ class Worker:
             from runner.errors import StoreError
 
             raise StoreError("runner worker needs PostgreSQL (the database procrastinate uses)")
-        schema.ensure(self.engine)
+        migrate.ensure(self.engine)
         ensure_schema(self.engine)
         self.presence.heartbeat()
         beat = threading.Thread(target=self._heartbeat_loop, name="runner-heartbeat", daemon=True)

@@ -25,7 +25,7 @@ from runner.executors.procrastinate import (
 )
 from runner.fileset import FileSet
 from runner.scheduler import RunnerScheduler
-from runner.store import schema
+from runner.store import migrate
 from runner.store.engine import connect
 
 pytestmark = pytest.mark.postgres
@@ -79,7 +79,7 @@ def test_two_leaders_defer_each_attempt_once(
     monkeypatch.setenv("RUNNER_ALLOWED_TARGETS", "sampleapp")
     (tmp_path / "jobs.yaml").write_text(JOBS)
     engine = connect(pg_url)
-    schema.ensure(engine)
+    migrate.ensure(engine)
     ensure_schema(engine)
     ensure_schema(engine)  # idempotent
     files = FileSet([str(tmp_path)])
@@ -116,7 +116,7 @@ def test_two_leaders_defer_each_attempt_once(
 
 def test_a_hand_over_whose_transaction_dies_leaves_neither_claim_nor_job(pg_url: str) -> None:
     engine = connect(pg_url)
-    schema.ensure(engine)
+    migrate.ensure(engine)
     ensure_schema(engine)
     executor = ProcrastinateExecutor("node-1")
     fire = Fire("a", {"target": "sampleapp.jobs:tick"}, START)
