@@ -18,6 +18,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pgserver
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` first, each group in pytest-randomly's order (a stable sort, so
+    the seed still replays it): in parallel (`-n`), a minute-long test started last would
+    run alone at the end while the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # Each test's database is cloned from template0: in measurements a per-session template was no
 # faster than template0/template1 (an empty database copies in the same time), and template0
 # cannot have connections open, which would make CREATE DATABASE fail.

@@ -96,6 +96,11 @@ def create_database(
     try:
         with conn.cursor() as cur:
             cur.execute(statement)
+            # Every connection to it, the servers under test included, commits without
+            # waiting for its WAL to reach the disk: 0.15 ms a commit instead of 4 ms here,
+            # and a test commits claims, history and heartbeats by the thousand. Nothing is
+            # lost unless the server itself crashes, which no test does (stops are `fast`).
+            cur.execute(f"ALTER DATABASE {_quote(name)} SET synchronous_commit = off")
     finally:
         conn.close()
     return url_for(name, admin)

@@ -20,6 +20,7 @@ from acceptance.serve_helpers import History, ServeProcess, base_env, wait_until
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # its own waits allow minutes on a busy machine
 def test_clock_steps_back_and_forward_under_a_real_serve(tmp_path: Path) -> None:
     jobs = [{"id": "tick", "target": "sampleapp.jobs:tick", "trigger": {"cron": "*/2 * * * * *"}}]
     (tmp_path / "jobs.yaml").write_text(yaml.safe_dump({"jobs": jobs}), encoding="utf-8")

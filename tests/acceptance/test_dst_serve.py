@@ -102,6 +102,7 @@ def _wait_all(nights: list[Night], moment: Callable[[Night], datetime], what: st
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # its own waits allow minutes on a busy machine
 def test_serve_fires_every_cron_time_exactly_once_across_six_clock_changes(
     tmp_path: Path,
 ) -> None:
