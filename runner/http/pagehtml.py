@@ -126,7 +126,8 @@ def timeline(plan: Timeline, job_url: Any) -> str:
         parts.append(
             f'<line class="hour" x1="{left}" y1="{AXIS - 4}" x2="{left}" '
             f'y2="{AXIS + LANE * len(plan.lanes)}"></line>'
-            f'<text x="{left}" y="12" text-anchor="middle">{label}</text>'
+            f'<text x="{left}" y="12" text-anchor="{"end" if hour == hours else "middle"}">'
+            f"{label}</text>"
         )
     for index, lane in enumerate(plan.lanes):
         top = AXIS + index * LANE

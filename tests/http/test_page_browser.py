@@ -35,6 +35,10 @@ from runner.store import tables
 TOKEN = "test-token-5f1c"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 SCREENSHOTS_ENV = "RUNNER_PAGE_SCREENSHOTS"
+SCREENSHOTS = (
+    Path(os.environ[SCREENSHOTS_ENV]).resolve() if os.environ.get(SCREENSHOTS_ENV) else None
+)
+"""Resolved at import, before a test moves into its temporary folder."""
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -265,7 +269,7 @@ def test_strips_job_page_timeline_broken_files_and_times_and_the_screenshots(
     tmp_path: Path,
 ) -> None:
     server, live, folder = screen_server
-    shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    shots = SCREENSHOTS or tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).replace(microsecond=0)
     every = list(COLOURS)
