@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
-from runner import history, jobstate, queries
+from runner import jobstate, queries
 from runner.plan import source
 from runner.store import tables
 from runner.store.engine import READ_ONLY
@@ -204,7 +204,3 @@ def timeline(
     if len(rows) == TIMELINE_SCAN and len(chosen) < max_jobs:
         notes.append(f"only the {TIMELINE_SCAN} soonest-due jobs were looked at")
     return Timeline(start, end, lanes, int(due), max_jobs, notes)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    return history.as_utc(moment) if moment is not None else None
