@@ -244,7 +244,10 @@ def render(
         f"<small>{e(first_line(f['error']))}</small></li>"
         for f in failures
     ] or ["<li><small>none</small></li>"]
-    job_url = lambda job_id: request.url_for("runner_job_page", job_id=job_id).path  # noqa: E731
+
+    def job_url(job_id: str) -> str:
+        return request.url_for("runner_job_page", job_id=job_id).path
+
     body = (
         _header(request, server)
         + (f'<div class="banner {banner_kind}" role="status">{banner}</div>\n' if banner else "")

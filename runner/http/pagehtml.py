@@ -8,7 +8,7 @@ without script the UTC time stays. Colours come from `status-<name>` classes in 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,7 +108,7 @@ LANE = 18
 AXIS = 20
 
 
-def timeline(plan: Timeline, job_url: Any) -> str:
+def timeline(plan: Timeline, job_url: Callable[[str], str]) -> str:
     """The next hours as one SVG, a lane per job; positions are attributes, not inline style."""
     if not plan.lanes:
         return '<p class="muted">No fires in the next 24 hours.</p>'
