@@ -30,6 +30,8 @@ TIMELINE_JOBS = 50
 TIMELINE_SCAN = 500
 """Rows read, soonest first, to find TIMELINE_JOBS unpaused ones (paused is in the spec)."""
 FIRES_PER_JOB = 48
+DUE_COUNT_LIMIT = 10_000
+"""Jobs due in the window are counted up to here ("10000+"): the exact number costs a scan."""
 FAILURES = 10
 
 
@@ -76,15 +78,17 @@ def paused_state(spec: dict[str, Any], override: bool | None) -> tuple[bool, str
 
 def listing(engine: Engine, after: str | None = None, limit: int = PAGE_SIZE) -> Listing:
     own, aps = tables.runner_jobs, tables.apscheduler_jobs
+    page = select(own.c.id).order_by(own.c.id).limit(limit + 1)
+    if after is not None:
+        page = page.where(own.c.id > after)
+    # The page's ids first: joined whole, PostgreSQL merges from the first row of both tables.
+    ids = page.subquery()
     statement = (
         select(own.c.id, own.c.spec, own.c.file, own.c.line, own.c.paused_override)
         .add_columns(aps.c.next_run_time)
-        .select_from(own.outerjoin(aps, aps.c.id == own.c.id))
+        .select_from(ids.join(own, own.c.id == ids.c.id).outerjoin(aps, aps.c.id == own.c.id))
         .order_by(own.c.id)
-        .limit(limit + 1)
     )
-    if after is not None:
-        statement = statement.where(own.c.id > after)
     with _read(engine) as conn, conn.begin():
         rows = conn.execute(statement).all()
         total = conn.execute(select(func.count()).select_from(own)).scalar_one()
@@ -189,7 +193,8 @@ def timeline(
             )
         }
         chosen = [job_id for job_id in ids if specs.get(job_id) is False][:max_jobs]
-        due = conn.execute(select(func.count()).select_from(aps).where(window)).scalar_one()
+        counted = select(aps.c.id).where(window).limit(DUE_COUNT_LIMIT).subquery()
+        due = conn.execute(select(func.count()).select_from(counted)).scalar_one()
         blobs = dict(
             conn.execute(select(aps.c.id, aps.c.job_state).where(aps.c.id.in_(chosen))).all()
         )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runner import history
-from runner.http.pagedata import Timeline
+from runner.http.pagedata import DUE_COUNT_LIMIT, Timeline
 from runner.report import took
 
 STATUSES = (
@@ -154,7 +154,7 @@ def timeline(plan: Timeline, job_url: Callable[[str], str]) -> str:
     shown = len(plan.lanes)
     note = (
         f"{shown} job(s) shown"
-        + (f", the {plan.shown_limit} due first of {plan.due}" if plan.due > shown else "")
+        + (f", the {plan.shown_limit} due first of {_count(plan.due)}" if plan.due > shown else "")
         + "; times relative to this page's load; at most 48 fires drawn per job."
     )
     for extra in plan.notes:
@@ -165,6 +165,10 @@ def timeline(plan: Timeline, job_url: Callable[[str], str]) -> str:
         + "".join(parts)
         + f"</svg><p><small>{note} Generated at {e(utc(plan.start.astimezone(UTC)))}.</small></p>"
     )
+
+
+def _count(due: int) -> str:
+    return f"{due}+" if due >= DUE_COUNT_LIMIT else str(due)
 
 
 def _clip(text: str, size: int = 28) -> str:
