@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -40,10 +41,12 @@ def _folder(tmp_path: Path, name: str, text: str) -> Path:
 
 @contextmanager
 def counted(engine: Engine) -> Iterator[list[str]]:
+    """Statements run for HTTP requests: FastAPI runs a sync route in a worker thread of
+    AnyIO, while the scheduler, leadership and readiness ping have threads of their own."""
     statements: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.strip().upper() != "SELECT 1":  # the readiness ping, on its own thread
+        if threading.current_thread().name.startswith("AnyIO worker thread"):
             statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
@@ -96,7 +99,7 @@ def test_the_page_reads_as_many_statements_for_150_jobs_as_for_3_and_pages_by_10
                     assert '<tr data-job="job-0100">' in second and 'id="next-page"' not in second
         finally:
             http.stop()
-    assert counts[0] == counts[1]
+    assert counts[0] == counts[1] and counts[0] > 3
 
 
 def test_the_page_allows_no_inline_code_and_serves_its_own_assets(
