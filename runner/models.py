@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import shlex
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -48,6 +49,10 @@ Duration = Annotated[
     ),
 ]
 """Whole seconds; written as an integer or `90s`, `15m`, `1h30m`, `2d`."""
+
+COMMAND_PROGRAM_PATTERN = r"^(?:/[^\x00]*|[^/\x00]+)$"
+"""An absolute path, or a bare name looked up in `RUNNER_ALLOWED_COMMANDS` (never on PATH)."""
+MAX_ARGV = 1000
 
 TARGET_PATTERN = r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, max_length=191)]
@@ -234,6 +239,54 @@ class JobFields(_Model):
         return value
 
 
+def _check_command(argv: list[str] | None) -> list[str] | None:
+    """The program is an absolute path or a bare name: a relative path (`./x`, `bin/x`)
+    would depend on the working directory, which the job file's author may control."""
+    if argv is None:
+        return None
+    if any("\x00" in item for item in argv):
+        raise ValueError("a command may not hold a NUL character")
+    if not re.fullmatch(COMMAND_PROGRAM_PATTERN[1:-1], argv[0]):
+        raise ValueError(
+            f"{argv[0]!r} is a relative path; give the program as an absolute path or "
+            "as a bare name listed in RUNNER_ALLOWED_COMMANDS"
+        )
+    return argv
+
+
+Command = Annotated[
+    list[str],
+    Field(min_length=1, max_length=MAX_ARGV),
+    AfterValidator(_check_command),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^[^\x00]*$"},
+            "prefixItems": [{"type": "string", "pattern": COMMAND_PROGRAM_PATTERN}],
+            "minItems": 1,
+            "maxItems": MAX_ARGV,
+            "description": "argv of a program on RUNNER_ALLOWED_COMMANDS, run without a shell",
+        }
+    ),
+]
+"""argv: the program, then its arguments (`${VAR}` resolved in the arguments only)."""
+
+
+def _not_both(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """JSON Schema: no two of these keys set (not null) in one mapping."""
+    return {
+        "allOf": [
+            {
+                "not": {
+                    "required": [a, b],
+                    "properties": {a: {"not": {"type": "null"}}, b: {"not": {"type": "null"}}},
+                }
+            }
+            for a, b in pairs
+        ]
+    }
+
+
 def _reject_non_json(value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{value} is not a JSON value")
@@ -249,16 +302,38 @@ _TARGET = re.compile(TARGET_PATTERN[1:-1])
 
 
 class JobEntry(JobFields):
-    """One item of `jobs:` as written."""
+    """One item of `jobs:` as written. `command` is a job's own, never a file default: one
+    program line shared by a file's jobs would make them the same job."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        json_schema_extra=_not_both(
+            ("target", "command"), ("command", "args"), ("command", "kwargs")
+        ),
+    )
 
     id: JobId
+    command: Command | None = None
+
+    @model_validator(mode="after")
+    def _target_or_command(self) -> JobEntry:
+        if self.command is not None:
+            if self.target is not None:
+                raise ValueError("give either target or command, not both")
+            if self.args is not None or self.kwargs is not None:
+                raise ValueError("a command takes its arguments in command, not in args or kwargs")
+        return self
 
 
 class Job(_Model):
     """A job with its file's defaults and the documented defaults applied: what gets stored."""
 
     id: JobId
-    target: str
+    target: str | None = None
+    command: list[str] | None = None
+    """argv of a program run in a child process; exactly one of target and command is set."""
     trigger: Trigger
     args: list[JsonValue] = []
     kwargs: dict[str, JsonValue] = {}
@@ -275,13 +350,30 @@ class Job(_Model):
     """Unset means `default`; left out of the stored spec then, so existing specs keep
     their hash."""
 
+    @model_validator(mode="after")
+    def _one_program(self) -> Job:
+        if (self.target is None) == (self.command is None):
+            raise ValueError("give either target or command, not both")
+        if self.command is not None and (self.args or self.kwargs):
+            raise ValueError("a command takes its arguments in command, not in args or kwargs")
+        return self
+
     @property
     def zone(self) -> str:
         return self.trigger.timezone or self.timezone
 
+    @property
+    def program(self) -> str:
+        """What the job runs, as `runner jobs` and the plan show it."""
+        if self.command is not None:
+            return shlex.join(self.command)
+        return str(self.target)
+
     def canonical(self) -> dict[str, Any]:
-        """A stable JSON form; equal specs give equal forms, so plans can compare them."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """A stable JSON form; equal specs give equal forms, so plans can compare them.
+        A command job has no args or kwargs: they are left out, like every unset field."""
+        unused = {"args", "kwargs"} if self.command is not None else None
+        return self.model_dump(mode="json", exclude_none=True, exclude=unused)
 
 
 def resolve(entry: JobEntry, defaults: JobFields | None) -> Job:
@@ -293,7 +385,12 @@ def resolve(entry: JobEntry, defaults: JobFields | None) -> Job:
                 value = getattr(source, name)
                 if value is not None:
                     values[name] = value
-    for required in ("target", "trigger"):
-        if required not in values:
-            raise ValueError(f"{required} is required")
+    if entry.command is not None:  # the defaults' target and its arguments are not this job's
+        for name in ("target", "args", "kwargs"):
+            if defaults is not None and name not in entry.model_fields_set:
+                values.pop(name, None)
+    if "target" not in values and "command" not in values:
+        raise ValueError("target is required (or command)")
+    if "trigger" not in values:
+        raise ValueError("trigger is required")
     return Job(**values)

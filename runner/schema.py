@@ -19,13 +19,20 @@ def _required_unless_defaulted(name: str) -> dict[str, Any]:
     }
 
 
+def _program_required() -> dict[str, Any]:
+    """A job sets a target or a command, unless the file's defaults give a target."""
+    either = {"anyOf": [{"required": ["target"]}, {"required": ["command"]}]}
+    return {
+        "if": {"required": ["defaults"], "properties": {"defaults": {"required": ["target"]}}},
+        "else": {"properties": {"jobs": {"items": either}}},
+    }
+
+
 class _JobFileSchema(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         title="runner job file",
-        json_schema_extra={
-            "allOf": [_required_unless_defaulted("target"), _required_unless_defaulted("trigger")]
-        },
+        json_schema_extra={"allOf": [_program_required(), _required_unless_defaulted("trigger")]},
     )
     defaults: models.JobFields | None = None
     jobs: list[models.JobEntry]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from runner import jobfiles, targets, triggers
+from runner import commands, jobfiles, targets, triggers
 from runner.durations import format_duration, roughly
 from runner.errors import Problem
 from runner.jobfiles import Loaded, SourcedJob
@@ -56,6 +56,8 @@ def check_targets(jobs: Sequence[SourcedJob], import_targets: bool) -> list[Prob
     verdicts: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
     for sourced in jobs:
         job = sourced.job
+        if job.target is None:  # a command job: checked by `commands.check`
+            continue
         key = (job.target, len(job.args), tuple(job.kwargs))
         if key not in verdicts:
             verdicts[key] = _target_problem(job, prefixes, import_targets)
@@ -63,10 +65,11 @@ def check_targets(jobs: Sequence[SourcedJob], import_targets: bool) -> list[Prob
         if message is not None:
             line, column = sourced.position("target")
             problems.append(Problem(sourced.file, line, column, job.id, "target", message))
-    return problems
+    return problems + commands.check(jobs)
 
 
 def _target_problem(job: Job, prefixes: Sequence[str], import_targets: bool) -> str | None:
+    assert job.target is not None  # command jobs are skipped
     try:
         if import_targets:
             func = targets.resolve(job.target, prefixes)

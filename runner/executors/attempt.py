@@ -7,7 +7,8 @@ runs in a thread, where it starts at once and costs no process. Whatever a targe
 `SystemExit`, `CancelledError` or a custom `BaseException` included, or a child process
 that dies, is one failed attempt: it never reaches the event loop or the caller, and the
 job's retries apply. Errors that no retry can fix (a target not allowed or not importable,
-an unset variable) fail the fire at once.
+an unset variable) fail the fire at once. A command job runs its program in a child process
+of its own (`commands.run`), checked against this process's allowlist.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from runner import interpolate, targets
+from runner import commands, interpolate, targets
 from runner.executors.base import Fire, Outcome, Recorder, Status, SyncCalls, TargetRaised
 from runner.models import Retries
 
@@ -120,6 +121,8 @@ async def attempt(
     """One attempt; never raises except CancelledError (shutdown)."""
     spec = fire.spec
     secrets: set[str] = set()
+    if "command" in spec:
+        return await commands.run(spec["command"], spec.get("timeout"), environ, secrets)
     prefixes = _prefixes(environ.get(targets.ENV_ALLOWED, ""))
     try:
         func = _resolve(spec["target"], prefixes)

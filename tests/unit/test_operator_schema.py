@@ -29,13 +29,19 @@ def validator() -> jsonschema.protocols.Validator:
 def runner_accepts(document: dict[str, Any], tmp_path: Path) -> bool:
     path = tmp_path / "a.yaml"
     path.write_text(json.dumps(document), encoding="utf-8")  # JSON is YAML
-    result = CliRunner().invoke(main, ["validate", str(path), "--no-import"])
+    # Commands enabled: which programs are allowed is the operator's, beyond any schema.
+    env = {"RUNNER_ALLOWED_COMMANDS": "/bin/echo"}
+    result = CliRunner().invoke(main, ["validate", str(path), "--no-import"], env=env)
     assert result.exit_code in (0, 1), result.output
     return result.exit_code == 0
 
 
 def one(trigger: Any, **job: Any) -> dict[str, Any]:
     return {"jobs": [{"id": "x", "target": T, "trigger": trigger, **job}]}
+
+
+def cmd(command: Any, **job: Any) -> dict[str, Any]:
+    return {"jobs": [{"id": "x", "command": command, "trigger": {"interval": 5}, **job}]}
 
 
 SAMPLES = {
@@ -72,6 +78,28 @@ SAMPLES = {
         "defaults": {"timeout": 5},
         "jobs": [{"id": "x", "target": T}],
     },
+    "command": cmd(["echo", "hi"]),
+    "command-absolute": cmd(["/bin/echo", "${NAME:-x}"]),
+    "command-empty": cmd([]),
+    "command-empty-program": cmd([""]),
+    "command-relative": cmd(["./echo"]),
+    "command-relative-dir": cmd(["bin/echo"]),
+    "command-not-a-list": cmd("echo hi"),
+    "command-number-item": cmd(["echo", 5]),
+    "command-nul": cmd(["echo", "a\x00b"]),
+    "command-and-target": cmd(["echo"], target=T),
+    "command-and-args": cmd(["echo"], args=[1]),
+    "command-and-kwargs": cmd(["echo"], kwargs={"a": 1}),
+    "command-and-null-target": cmd(["echo"], target=None),
+    "command-beside-default-target": {
+        "defaults": {"target": T, "args": [1]},
+        "jobs": [{"id": "x", "command": ["echo"], "trigger": {"interval": 5}}],
+    },
+    "command-in-defaults": {
+        "defaults": {"command": ["echo"]},
+        "jobs": [{"id": "x", "trigger": {"interval": 5}}],
+    },
+    "neither-target-nor-command": {"jobs": [{"id": "x", "trigger": {"interval": 5}}]},
     "target-dotted": one({"interval": 5}, target="runner.tasks.heartbeat"),
     "target-with-space": one({"interval": 5}, target="runner.tasks: heartbeat"),
 }

@@ -41,3 +41,11 @@ def test_schema_rejects_what_the_runner_rejects(validator: jsonschema.protocols.
     assert validator.is_valid(
         {"jobs": [{"id": "x", "target": "a:b", "trigger": {"interval": "15m"}}]}
     )
+
+
+def test_schema_knows_command_jobs(validator: jsonschema.protocols.Validator) -> None:
+    job = {"id": "x", "command": ["echo", "hi"], "trigger": {"interval": 60}}
+    assert validator.is_valid({"jobs": [job]})
+    assert not validator.is_valid({"jobs": [{**job, "target": "a:b"}]})
+    assert not validator.is_valid({"jobs": [{**job, "command": ["./x"]}]})
+    assert not validator.is_valid({"jobs": [{"id": "x", "trigger": {"interval": 60}}]})
