@@ -28,7 +28,17 @@ from starlette.concurrency import run_in_threadpool
 
 from runner import queries, report
 from runner.http import api, auth, pagedata
-from runner.http.pagehtml import e, first_line, last, legend, moment, strip, timeline, word
+from runner.http.pagehtml import (
+    e,
+    first_line,
+    last,
+    legend,
+    moment,
+    program,
+    strip,
+    timeline,
+    word,
+)
 
 if TYPE_CHECKING:
     from runner.serve import Server
@@ -204,7 +214,7 @@ def _job_row(
     return (
         f'    <tr data-job="{e(job_id)}">'
         f'<td class="id"><a href="{e(job_url)}">{e(job_id)}</a>'
-        f"<br><small>{e(job['target'])}</small>"
+        f"<br><small>{e(program(job))}</small>"
         f'<br><small class="source">from {e(job["source"])}</small></td>'
         f'<td class="trigger">{e(report.trigger(job["trigger"]))}</td>'
         f'<td class="next">{upcoming}</td>'
@@ -285,7 +295,7 @@ def render_job(
     page_url = _with_refresh(request.url_for("runner_job_page", job_id=job_id).path, refresh)
     spec = job["spec"]
     facts = [
-        ("target", f"<code>{e(job['target'])}</code>"),
+        ("command" if job.get("command") else "target", f"<code>{e(program(job))}</code>"),
         ("source", f'<code id="source">{e(job["source"])}</code>'),
         ("trigger", f'<span id="trigger">{e(report.trigger(job["trigger"]))}</span>'),
         ("state", f'<span id="state">{_state(job)}</span>'),

@@ -106,7 +106,8 @@ def listing(engine: Engine, after: str | None = None, limit: int = PAGE_SIZE) ->
         jobs.append(
             {
                 "id": row.id,
-                "target": spec["target"],
+                "target": spec.get("target"),
+                "command": spec.get("command"),
                 "description": spec.get("description"),
                 "trigger": trigger,
                 "next_run_time": next_run,

@@ -8,6 +8,7 @@ without script the UTC time stays. Colours come from `status-<name>` classes in 
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,12 @@ STATUSES = (
 
 def e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def program(job: dict[str, Any]) -> str:
+    """What a job runs: its target, or its command line as a shell would quote it."""
+    command = job.get("command")
+    return shlex.join(command) if command else str(job.get("target"))
 
 
 def moment(value: datetime | str | None, empty: str = "") -> str:
