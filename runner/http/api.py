@@ -35,7 +35,7 @@ from runner.store.engine import READ_ONLY, describe_failure
 from runner.triggers import next_fire_times
 
 if TYPE_CHECKING:
-    from runner.serve import Server
+    from runner.http.host import Host
 
 DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 StatusName = Literal[
@@ -121,7 +121,7 @@ EXAMPLE_JOB = {
 
 
 @contextmanager
-def database_errors(server: Server) -> Iterator[None]:
+def database_errors(server: Host) -> Iterator[None]:
     """Database trouble becomes a 503 with a one-line reason, never a 500 with a traceback."""
     try:
         yield
@@ -150,7 +150,7 @@ def control(
 
 
 # --- operations shared with the status page -------------------------------------------------
-def job_detail(server: Server, job_id: str, count: int = 5, runs: int = 20) -> dict[str, Any]:
+def job_detail(server: Host, job_id: str, count: int = 5, runs: int = 20) -> dict[str, Any]:
     rows = queries.jobs(server.engine, job_id)
     if not rows:
         raise JobNotFound(f"no stored job {job_id!r}")
@@ -169,7 +169,7 @@ def job_detail(server: Server, job_id: str, count: int = 5, runs: int = 20) -> d
     }
 
 
-def fire_times(server: Server, job_id: str, count: int) -> list[datetime]:
+def fire_times(server: Host, job_id: str, count: int) -> list[datetime]:
     """From the trigger the scheduler holds (a copy: previewing must not touch it)."""
     if count == 0:
         return []
@@ -186,7 +186,7 @@ def fire_times(server: Server, job_id: str, count: int) -> list[datetime]:
     return next_fire_times(trigger, count, datetime.now(UTC))
 
 
-def run_now(server: Server, job_id: str) -> dict[str, Any]:
+def run_now(server: Host, job_id: str) -> dict[str, Any]:
     """Start one run of the job in this server; the claimed attempt row, status `running`."""
     if server.stopping.is_set() or not server.scheduler.running:
         raise HTTPException(503, "the runner is not running (starting or stopping)")
@@ -222,19 +222,19 @@ def run_now(server: Server, job_id: str) -> dict[str, Any]:
     return history.run_as_json(dict(row._mapping))
 
 
-def pause(server: Server, job_id: str, paused: bool) -> dict[str, Any]:
+def pause(server: Host, job_id: str, paused: bool) -> dict[str, Any]:
     changed = set_paused(server.engine, job_id, paused)
     return {"id": job_id, "paused": paused, "changed": changed}
 
 
-def add_job(server: Server, job: Any) -> dict[str, Any]:
+def add_job(server: Host, job: Any) -> dict[str, Any]:
     """Store a job added at run time and schedule it here now; other nodes follow the signal."""
     job_id = runtimejobs.add(server.engine, job)
     server.scheduler.refresh(ids=[job_id])
     return queries.jobs(server.engine, job_id)[0]
 
 
-def remove_job(server: Server, job_id: str) -> None:
+def remove_job(server: Host, job_id: str) -> None:
     runtimejobs.remove(server.engine, job_id)
     server.scheduler.refresh(ids=[job_id])
 
@@ -266,7 +266,7 @@ class Ready(BaseModel):
 class _Ping:
     """One database round trip in a daemon thread, so a hung database cannot hang a probe."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._server = server
@@ -282,11 +282,11 @@ class _Ping:
             self.done.set()
 
 
-_pings: weakref.WeakKeyDictionary[Server, _Ping] = weakref.WeakKeyDictionary()
+_pings: weakref.WeakKeyDictionary[Host, _Ping] = weakref.WeakKeyDictionary()
 _pings_lock = threading.Lock()
 
 
-def database_problem(server: Server, timeout: float = DB_CHECK_TIMEOUT) -> str | None:
+def database_problem(server: Host, timeout: float = DB_CHECK_TIMEOUT) -> str | None:
     """None when the database answers within `timeout`; a hung check is never stacked up."""
     with _pings_lock:
         ping = _pings.get(server)
@@ -299,7 +299,7 @@ def database_problem(server: Server, timeout: float = DB_CHECK_TIMEOUT) -> str |
     return None
 
 
-def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
+def readiness(server: Host) -> tuple[bool, dict[str, Any]]:
     """The database answers and, on the leader, the scheduler runs and its last pass worked."""
     scheduler = server.scheduler
     leading = server.leadership.leading
@@ -324,7 +324,7 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
     return reason is None, {"ready": reason is None, "reason": reason, **details}
 
 
-def health_router(server: Server) -> APIRouter:
+def health_router(server: Host) -> APIRouter:
     """`/healthz`, `/readyz` and `/metrics`."""
     health = APIRouter(tags=["health"])
 
@@ -367,7 +367,7 @@ def health_router(server: Server) -> APIRouter:
 
 
 # --- the router ----------------------------------------------------------------------------
-def router(server: Server) -> APIRouter:
+def router(server: Host) -> APIRouter:
     """The `/api` routes over `server` (include it with any prefix)."""
     api = APIRouter(prefix="/api", tags=["api"])
 

@@ -41,7 +41,7 @@ from runner.http.pagehtml import (
 )
 
 if TYPE_CHECKING:
-    from runner.serve import Server
+    from runner.http.host import Host
 
 MAX_FORM_BYTES = 4096
 ACTIONS = ("run", "pause", "resume")
@@ -107,7 +107,7 @@ def _layout(request: Request, title: str, body: str, page_url: str, refresh: int
 
 
 # --- parts both pages show --------------------------------------------------------------------
-def _header(request: Request, server: Server, extra: str = "") -> str:
+def _header(request: Request, server: Host, extra: str = "") -> str:
     """Who is speaking, who leads, whether it is ready; then the broken job files."""
     ready, details = api.readiness(server)
     leader = queries.status(server.engine)["leader"]
@@ -135,7 +135,7 @@ def _header(request: Request, server: Server, extra: str = "") -> str:
     )
 
 
-def _broken_files(server: Server) -> str:
+def _broken_files(server: Host) -> str:
     """Broken job files first: an edit that did not apply is what an operator must not miss."""
     problems = server.reconcile_problems
     if not problems:
@@ -227,7 +227,7 @@ def _job_row(
 
 def render(
     request: Request,
-    server: Server,
+    server: Host,
     banner: str = "",
     banner_kind: str = "info",
     refresh: int = DEFAULT_REFRESH,
@@ -287,9 +287,7 @@ def _state(job: dict[str, Any]) -> str:
     return ("paused" if paused else "scheduled") + (f" <small>({e(why)})</small>" if why else "")
 
 
-def render_job(
-    request: Request, server: Server, job_id: str, refresh: int, banner: str = ""
-) -> str:
+def render_job(request: Request, server: Host, job_id: str, refresh: int, banner: str = "") -> str:
     job = queries.show(server.engine, job_id, runs_count=JOB_RUNS, next_count=5)
     runs = list(reversed(job["runs"]))
     page_url = _with_refresh(request.url_for("runner_job_page", job_id=job_id).path, refresh)
@@ -383,7 +381,7 @@ def _banner(done: str | None, job: str | None) -> str:
 Refresh = Annotated[int, Query(ge=0, le=3600)]
 
 
-def router(server: Server) -> APIRouter:
+def router(server: Host) -> APIRouter:
     page = APIRouter(include_in_schema=False)
 
     @page.get("/", response_class=HTMLResponse, name="runner_status_page")
@@ -462,7 +460,7 @@ def router(server: Server) -> APIRouter:
     return page
 
 
-def _act(server: Server, job_id: str, action: str) -> str:
+def _act(server: Host, job_id: str, action: str) -> str:
     with api.database_errors(server):
         if action == "run":
             api.run_now(server, job_id)

@@ -23,7 +23,7 @@ from runner.http import api, page
 from runner.http.guard import Guard
 
 if TYPE_CHECKING:
-    from runner.serve import Server
+    from runner.http.host import Host
 
 log = logging.getLogger("runner.http")
 
@@ -34,7 +34,7 @@ class HttpError(RunnerError):
     """The HTTP side cannot start (bad address, port taken)."""
 
 
-def routes(server: Server) -> APIRouter:
+def routes(server: Host) -> APIRouter:
     """Everything the HTTP side serves, as one router: health, metrics, the API and the page."""
     router = APIRouter()
     router.include_router(api.health_router(server))
@@ -50,7 +50,7 @@ def _version() -> str:
         return "0"
 
 
-def build_app(server: Server) -> FastAPI:
+def build_app(server: Host) -> FastAPI:
     app = FastAPI(
         title="runner",
         version=_version(),
@@ -95,7 +95,7 @@ def bind(host: str, port: int) -> socket.socket:
 class HttpServer:
     """A running uvicorn in a daemon thread; `stop()` ends it."""
 
-    def __init__(self, server: Server, address: str) -> None:
+    def __init__(self, server: Host, address: str) -> None:
         host, port = parse_address(address)
         self.sock = bind(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
@@ -157,7 +157,7 @@ class HttpServer:
             self._thread.join(timeout)
 
 
-def start_in_thread(server: Server, address: str) -> HttpServer:
+def start_in_thread(server: Host, address: str) -> HttpServer:
     """Serve the app for `server` on `address` ("HOST:PORT") in a daemon thread."""
     http = HttpServer(server, address)
     http.start()
