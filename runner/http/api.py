@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import history, jobstate, metrics, queries, runtimejobs
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Status
+from runner.executors.procrastinate import ProcrastinateExecutor
 from runner.http import auth
 from runner.overrides import set_paused
 from runner.plan import IdTaken
@@ -327,6 +328,7 @@ def readiness(server: Server) -> tuple[bool, dict[str, Any]]:
 def health_router(server: Server) -> APIRouter:
     """`/healthz`, `/readyz` and `/metrics`."""
     health = APIRouter(tags=["health"])
+    metrics.watch(server.engine, workers=isinstance(server.runtime, ProcrastinateExecutor))
 
     @health.get("/healthz", name="runner_healthz", summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -360,6 +362,7 @@ def health_router(server: Server) -> APIRouter:
         if not metrics.ENABLED:
             return PlainTextResponse("prometheus-client is not installed\n", status_code=501)
         metrics.set_leader(server.leadership.leading)
+        metrics.set_ready(readiness(server)[0])
         metrics.set_jobs(len(server.scheduler.store.get_all_jobs()))
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
