@@ -7,12 +7,13 @@ same values, and a replica that just took over knows the whole story.
 
 A scrape must stay cheap with 100,000 jobs and months of history, so the last-outcome times
 are kept in memory and brought up to date incrementally: the first refresh reads the history
-once (one grouped query), each later one reads only the rows added since the refresh before
-last (commit order may differ from `run_id` order on PostgreSQL, so one refresh of overlap)
-and the attempts that were still queued or running then. A refresh costs what happened since
-the previous one, not the size of the history. Refreshes are at most one per `MAX_AGE`
-seconds; scrapes in between get the cached values. Jobs no longer stored are dropped at the
-next `FORGET_EVERY`.
+once (one grouped query); each later one reads only the rows added since the refresh before
+last (PostgreSQL allocates `run_id` at insert, so a row may commit after a higher one: one
+refresh of overlap) and the attempts that were still queued or running then. A refresh costs
+what happened since the previous one, not the size of the history. Refreshes are at most one
+per `MAX_AGE` seconds; scrapes in between get the cached values. The stored job ids are read
+every `FORGET_EVERY` seconds to drop the series of deleted jobs, so memory and series stay
+bounded by the jobs stored: two series per job that has finished an attempt.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ MAX_AGE = 5.0
 """Seconds a refresh stays good; Prometheus scrapes every 15 s or more by default."""
 FORGET_EVERY = 300.0
 """Seconds between re-reads of the stored job ids, to drop the series of deleted jobs."""
+FIRST_OVERLAP = 1000
+"""Run ids below the first refresh's highest that the next one reads again, for rows that
+commit after a higher one (PostgreSQL allocates ids at insert, not at commit)."""
 CHUNK = 900
 """Run ids per `IN (...)` when re-reading open attempts (below SQLite's variable limit)."""
 
@@ -129,7 +133,7 @@ class StoreMetrics:
         for job_id, status, finished in conn.execute(grouped):
             self._note(job_id, status, finished)
             self.rows_read += 1
-        self._high = self._next_high = high
+        self._high, self._next_high = max(0, high - FIRST_OVERLAP), high
 
     def _read_since(self, conn: Any) -> None:
         runs = tables.runner_runs
