@@ -369,9 +369,12 @@ def jobs(db_url: str, output: str) -> None:
         return
     for row in rows:
         state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
-        last = (
-            f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
-        )
+        last = row["last_status"] or "never run"
+        if row["last_run_at"]:
+            last += f" at {row['last_run_at']}"
+        for status in ("running", "queued"):
+            if row[status]:
+                last += f"  {status}: {row[status]}"
         click.echo(f"{row['id']}  {row['source']}  {row['target']}  next: {state}  last: {last}")
 
 

@@ -65,6 +65,10 @@ class JobOut(BaseModel):
     last_status: StatusName | None
     last_run_at: DateTimeText | None
     source: str = Field(description="`FILE:LINE` of a file job; `api` for one added at run time.")
+    queued: int = Field(
+        description="Its attempts handed over to workers and waiting for one (`queued`)."
+    )
+    running: int = Field(description="Its attempts running now, on any node or worker.")
 
 
 class RunOut(BaseModel):

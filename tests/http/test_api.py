@@ -38,6 +38,8 @@ JOB_KEYS = {
     "last_status",
     "last_run_at",
     "source",
+    "queued",
+    "running",
 }
 RUN_KEYS = {
     "run_id",
