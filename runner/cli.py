@@ -238,16 +238,20 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
         loaded = _valid_jobs(paths)
     except InvalidJobFiles as exc:
         _report_problems(exc)
+    from runner import report
     from runner.plan import Desired
 
     desired = [Desired.of(sourced) for sourced in loaded.jobs]
     engine = connect(db_url)
     try:
+        kept: list[str] = []
+        if no_prune and output == "json":  # what a pruning apply would delete; only read
+            kept = reconcile.apply(engine, desired, dry_run=True, prune=True)[0].delete
         plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
     finally:
         engine.dispose()
     if output == "json":
-        emit_json(plan.as_json(applied))
+        emit_json(report.plan_json(plan, applied, kept))
     else:
         for line in plan.text_lines():
             click.echo(line)

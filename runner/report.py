@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.durations import format_duration
+
+if TYPE_CHECKING:
+    from runner.plan import Plan
 
 
 def when(iso: str | None) -> str:
@@ -59,6 +62,18 @@ def runs(rows: Sequence[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["no runs"]
     return table(RUN_HEADERS, [run_cells(r) for r in rows])
+
+
+def plan_json(plan: Plan, applied: bool, kept: Sequence[str]) -> dict[str, Any]:
+    """The contract's plan JSON, plus what an apply leaves as it is: jobs paused or resumed by
+    an operator (`overrides`), and with `--no-prune` the stored jobs no file holds (`kept`)."""
+    return {
+        **plan.as_json(applied),
+        "overrides": [
+            {"id": job_id, "paused": paused} for job_id, paused in sorted(plan.overridden.items())
+        ],
+        "kept": sorted(kept),
+    }
 
 
 def trigger(spec: dict[str, Any]) -> str:
