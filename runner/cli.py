@@ -361,7 +361,7 @@ def _engine(db_url: str) -> Any:
 @output_option
 def jobs(db_url: str, output: str) -> None:
     """The stored jobs the runner owns."""
-    from runner import queries
+    from runner import queries, report
 
     engine = _engine(db_url)
     try:
@@ -372,14 +372,7 @@ def jobs(db_url: str, output: str) -> None:
         emit_json(rows)
         return
     for row in rows:
-        state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
-        last = row["last_status"] or "never run"
-        if row["last_run_at"]:
-            last += f" at {row['last_run_at']}"
-        for status in ("running", "queued"):
-            if row[status]:
-                last += f"  {status}: {row[status]}"
-        click.echo(f"{row['id']}  {row['source']}  {row['target']}  next: {state}  last: {last}")
+        click.echo(report.job_line(row))
 
 
 @main.command()

@@ -116,7 +116,8 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
             out.append(
                 {
                     "id": row.id,
-                    "target": spec["target"],
+                    "target": spec.get("target"),
+                    "command": spec.get("command"),
                     "trigger": trigger,
                     "next_run_time": _iso(next_run),
                     "paused": bool(paused),

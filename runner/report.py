@@ -6,6 +6,7 @@ they are written in job files.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -90,8 +91,26 @@ def trigger(spec: dict[str, Any]) -> str:
     return " ".join([what, zone, *extras])
 
 
+def program(job: dict[str, Any]) -> str:
+    """What a job runs: its target, or a command job's argv as a shell would quote it."""
+    return job["target"] or shlex.join(job.get("command") or [])
+
+
+def job_line(row: dict[str, Any]) -> str:
+    """One `runner jobs` line: id, source, what it runs, when next, how it last went."""
+    state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
+    last = row["last_status"] or "never run"
+    if row["last_run_at"]:
+        last += f" at {row['last_run_at']}"
+    for status in ("running", "queued"):
+        if row[status]:
+            last += f"  {status}: {row[status]}"
+    return f"{row['id']}  {row['source']}  {program(row)}  next: {state}  last: {last}"
+
+
 def show(job: dict[str, Any]) -> list[str]:
     spec = job["spec"]
+    runs_what = "target:  " if job["target"] else "command: "
     if job["override"] is not None:
         state = "paused by an operator" if job["override"] else "resumed by an operator"
         state += " (runner pause/resume to change)"
@@ -99,7 +118,7 @@ def show(job: dict[str, Any]) -> list[str]:
         state = "paused in its file" if job["paused"] else "scheduled"
     lines = [
         f"job {job['id']}  ({job['source']})",
-        f"  target:   {job['target']}",
+        f"  {runs_what} {program(job)}",
         f"  trigger:  {trigger(job['trigger'])}",
         f"  state:    {state}",
         f"  applied:  {when(job['applied_at'])} by {job['applied_by']}",

@@ -58,7 +58,8 @@ class JobOut(BaseModel):
     """One job, exactly as `runner jobs --output json` prints it."""
 
     id: str
-    target: str
+    target: str | None = Field(description="`module:attribute`; null for a command job.")
+    command: list[str] | None = Field(None, description="The argv of a command job.")
     trigger: dict[str, Any]
     next_run_time: DateTimeText | None
     paused: bool

@@ -32,6 +32,7 @@ CONTROL = ["run", "pause", "resume"]
 JOB_KEYS = {
     "id",
     "target",
+    "command",
     "trigger",
     "next_run_time",
     "paused",
