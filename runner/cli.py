@@ -244,7 +244,7 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     desired = [Desired.of(sourced) for sourced in loaded.jobs]
     engine = connect(db_url)
     try:
-        kept: list[str] = []
+        kept: list[str] | None = None
         if no_prune and output == "json":  # what a pruning apply would delete; only read
             kept = reconcile.apply(engine, desired, dry_run=True, prune=True)[0].delete
         plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)

@@ -65,16 +65,19 @@ def runs(rows: Sequence[dict[str, Any]]) -> list[str]:
     return table(RUN_HEADERS, [run_cells(r) for r in rows])
 
 
-def plan_json(plan: Plan, applied: bool, kept: Sequence[str]) -> dict[str, Any]:
-    """The contract's plan JSON, plus what an apply leaves as it is: jobs paused or resumed by
-    an operator (`overrides`), and with `--no-prune` the stored jobs no file holds (`kept`)."""
-    return {
-        **plan.as_json(applied),
-        "overrides": [
+def plan_json(plan: Plan, applied: bool, kept: Sequence[str] | None) -> dict[str, Any]:
+    """The contract's plan JSON, plus what the apply leaves as it is, each key only when it has
+    something to say (so a plan without them is byte for byte what it always was):
+    `overrides`, the jobs an operator paused or resumed (`[{"id", "paused"}]`), and with
+    `--no-prune` (`kept` not None) `kept`, the stored jobs that no file holds any more."""
+    out = plan.as_json(applied)
+    if plan.overridden:
+        out["overrides"] = [
             {"id": job_id, "paused": paused} for job_id, paused in sorted(plan.overridden.items())
-        ],
-        "kept": sorted(kept),
-    }
+        ]
+    if kept is not None:
+        out["kept"] = sorted(kept)
+    return out
 
 
 def trigger(spec: dict[str, Any]) -> str:
