@@ -238,16 +238,20 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
         loaded = _valid_jobs(paths)
     except InvalidJobFiles as exc:
         _report_problems(exc)
+    from runner import report
     from runner.plan import Desired
 
     desired = [Desired.of(sourced) for sourced in loaded.jobs]
     engine = connect(db_url)
     try:
+        kept: list[str] | None = None
+        if no_prune and output == "json":  # what a pruning apply would delete; only read
+            kept = reconcile.apply(engine, desired, dry_run=True, prune=True)[0].delete
         plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
     finally:
         engine.dispose()
     if output == "json":
-        emit_json(plan.as_json(applied))
+        emit_json(report.plan_json(plan, applied, kept))
     else:
         for line in plan.text_lines():
             click.echo(line)
@@ -357,7 +361,7 @@ def _engine(db_url: str) -> Any:
 @output_option
 def jobs(db_url: str, output: str) -> None:
     """The stored jobs the runner owns."""
-    from runner import queries
+    from runner import queries, report
 
     engine = _engine(db_url)
     try:
@@ -368,11 +372,7 @@ def jobs(db_url: str, output: str) -> None:
         emit_json(rows)
         return
     for row in rows:
-        state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
-        last = (
-            f"{row['last_status']} at {row['last_run_at']}" if row["last_status"] else "never run"
-        )
-        click.echo(f"{row['id']}  {row['source']}  {row['target']}  next: {state}  last: {last}")
+        click.echo(report.job_line(row))
 
 
 @main.command()

@@ -68,7 +68,38 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "runner_leader": ("gauge", "1 while this node leads (schedules), else 0.", ()),
     "runner_jobs_loaded": ("gauge", "Jobs the scheduler holds.", ()),
+    "runner_ready": ("gauge", "1 while /readyz would answer 200, else 0.", ()),
+    # Read from the store at scrape time (storemetrics.py): the same on every node.
+    "runner_job_last_success_timestamp_seconds": (
+        "gauge",
+        "When the job's last succeeded attempt finished (Unix time); absent if it never did.",
+        ("job_id",),
+    ),
+    "runner_job_last_failure_timestamp_seconds": (
+        "gauge",
+        "When the job's last failed, timed-out or interrupted attempt finished (Unix time).",
+        ("job_id",),
+    ),
+    "runner_queue_depth": (
+        "gauge",
+        "Handed-over fires due and waiting for a worker, per queue (--executor procrastinate).",
+        ("queue",),
+    ),
+    "runner_worker_attempts_running": (
+        "gauge",
+        "Attempts running on each live worker (--executor procrastinate).",
+        ("worker",),
+    ),
 }
+FROM_STORE = frozenset(
+    {
+        "runner_job_last_success_timestamp_seconds",
+        "runner_job_last_failure_timestamp_seconds",
+        "runner_queue_depth",
+        "runner_worker_attempts_running",
+    }
+)
+"""Metrics computed from the database when scraped, not counted by this process."""
 
 _metrics: dict[str, Any] = {}
 
@@ -81,6 +112,8 @@ def _build() -> None:
         "histogram": prometheus_client.Histogram,
     }
     for name, (kind, help_text, labels) in DEFINITIONS.items():
+        if name in FROM_STORE:
+            continue
         extra: dict[str, Any] = {}
         if name == "runner_run_duration_seconds":
             extra["buckets"] = DURATION_BUCKETS
@@ -91,8 +124,32 @@ def _build() -> None:
         _metrics[name] = kinds[kind](declared, help_text, labels, **extra)
 
 
+class _StoreCollector:
+    """Yields the FROM_STORE families of the node being watched (none before `watch`)."""
+
+    source: Any = None
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        families = {
+            name: GaugeMetricFamily(name, DEFINITIONS[name][1], labels=DEFINITIONS[name][2])
+            for name in sorted(FROM_STORE)
+        }
+        if self.source is not None:
+            for name, labels, sample in self.source.samples():
+                families[name].add_metric(list(labels.values()), sample)
+        yield from families.values()
+
+    def describe(self) -> Any:
+        return []  # collected lazily: registering must not touch a database
+
+
+_store = _StoreCollector()
+
 if prometheus_client is not None:
     _build()
+    prometheus_client.REGISTRY.register(_store)
 
 
 def run_started(job_id: str, attempt: int, scheduled_at: datetime, started_at: datetime) -> None:
@@ -147,6 +204,22 @@ def set_jobs(n: int) -> None:
     if not ENABLED:
         return
     _metrics["runner_jobs_loaded"].set(n)
+
+
+def set_ready(ready: bool) -> None:
+    if not ENABLED:
+        return
+    _metrics["runner_ready"].set(1 if ready else 0)
+
+
+def watch(engine: Any, workers: bool) -> None:
+    """Read the per-job and worker metrics from this node's store from now on (the latest
+    call wins: one serving node per process)."""
+    if not ENABLED:
+        return
+    from runner.storemetrics import StoreMetrics
+
+    _store.source = StoreMetrics(engine, workers)
 
 
 def exposition() -> bytes:

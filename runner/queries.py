@@ -88,10 +88,17 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
         )
         .order_by(own.c.id)
     )
+    in_flight = (
+        select(runs.c.job_id, runs.c.status, func.count())
+        .where(runs.c.status.in_(IN_FLIGHT))
+        .group_by(runs.c.job_id, runs.c.status)
+    )
     if job_id is not None:
         statement = statement.where(own.c.id == job_id)
+        in_flight = in_flight.where(runs.c.job_id == job_id)
     out = []
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        counts = {(j, status): int(n) for j, status, n in conn.execute(in_flight)}
         for row in conn.execute(statement):
             spec = json.loads(row.spec)
             paused = (
@@ -109,13 +116,17 @@ def jobs(engine: Engine, job_id: str | None = None) -> list[dict[str, Any]]:
             out.append(
                 {
                     "id": row.id,
-                    "target": spec["target"],
+                    "target": spec.get("target"),
+                    "command": spec.get("command"),
                     "trigger": trigger,
                     "next_run_time": _iso(next_run),
                     "paused": bool(paused),
                     "last_status": row.status,
                     "last_run_at": _iso(row.finished_at),
                     "source": source(row.file, row.line),
+                    # Attempts handed over and waiting for a worker, and running anywhere.
+                    "queued": counts.get((row.id, "queued"), 0),
+                    "running": counts.get((row.id, "running"), 0),
                 }
             )
     return out
@@ -187,6 +198,7 @@ def show(engine: Engine, job_id: str, runs_count: int = 10, next_count: int = 5)
 
 
 FAILED_STATUSES = ("failed", "timed_out", "interrupted")
+IN_FLIGHT = ("queued", "running")
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:

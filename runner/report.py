@@ -6,11 +6,15 @@ they are written in job files.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.durations import format_duration
+
+if TYPE_CHECKING:
+    from runner.plan import Plan
 
 
 def when(iso: str | None) -> str:
@@ -61,6 +65,21 @@ def runs(rows: Sequence[dict[str, Any]]) -> list[str]:
     return table(RUN_HEADERS, [run_cells(r) for r in rows])
 
 
+def plan_json(plan: Plan, applied: bool, kept: Sequence[str] | None) -> dict[str, Any]:
+    """The contract's plan JSON, plus what the apply leaves as it is, each key only when it has
+    something to say (so a plan without them is byte for byte what it always was):
+    `overrides`, the jobs an operator paused or resumed (`[{"id", "paused"}]`), and with
+    `--no-prune` (`kept` not None) `kept`, the stored jobs that no file holds any more."""
+    out = plan.as_json(applied)
+    if plan.overridden:
+        out["overrides"] = [
+            {"id": job_id, "paused": paused} for job_id, paused in sorted(plan.overridden.items())
+        ]
+    if kept is not None:
+        out["kept"] = sorted(kept)
+    return out
+
+
 def trigger(spec: dict[str, Any]) -> str:
     zone = spec.get("timezone", "UTC")
     if "cron" in spec:
@@ -75,8 +94,26 @@ def trigger(spec: dict[str, Any]) -> str:
     return " ".join([what, zone, *extras])
 
 
+def program(job: dict[str, Any]) -> str:
+    """What a job runs: its target, or a command job's argv as a shell would quote it."""
+    return job["target"] or shlex.join(job.get("command") or [])
+
+
+def job_line(row: dict[str, Any]) -> str:
+    """One `runner jobs` line: id, source, what it runs, when next, how it last went."""
+    state = "paused" if row["paused"] else (row["next_run_time"] or "no further runs")
+    last = row["last_status"] or "never run"
+    if row["last_run_at"]:
+        last += f" at {row['last_run_at']}"
+    for status in ("running", "queued"):
+        if row[status]:
+            last += f"  {status}: {row[status]}"
+    return f"{row['id']}  {row['source']}  {program(row)}  next: {state}  last: {last}"
+
+
 def show(job: dict[str, Any]) -> list[str]:
     spec = job["spec"]
+    runs_what = "target:  " if job["target"] else "command: "
     if job["override"] is not None:
         state = "paused by an operator" if job["override"] else "resumed by an operator"
         state += " (runner pause/resume to change)"
@@ -84,7 +121,7 @@ def show(job: dict[str, Any]) -> list[str]:
         state = "paused in its file" if job["paused"] else "scheduled"
     lines = [
         f"job {job['id']}  ({job['source']})",
-        f"  target:   {job['target']}",
+        f"  {runs_what} {program(job)}",
         f"  trigger:  {trigger(job['trigger'])}",
         f"  state:    {state}",
         f"  applied:  {when(job['applied_at'])} by {job['applied_by']}",

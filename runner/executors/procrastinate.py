@@ -14,7 +14,9 @@ Each pass the leader also sweeps what only it decides:
 - fires still `queued` past their misfire grace are recorded `missed` (a worker that picks
   one up later sees it is no longer `queued` and does not start it);
 - a failed, timed-out or interrupted attempt of a worker whose job has attempts left gets its
-  next attempt claimed and deferred once its retry delay has passed;
+  next attempt claimed and deferred once its retry delay has passed, unless the worker
+  recorded it as permanent (target not allowed or not importable, a variable unset), which
+  no retry can fix: its error then starts with `PERMANENT`;
 - `max_instances` counts the job's `queued` and `running` rows, across all workers.
 """
 
@@ -41,6 +43,13 @@ WORKER_SUFFIX = ":worker"
 """Ends every worker's node name (`host:pid:worker`), so runs and nodes show what ran where."""
 RETRY_WINDOW = timedelta(hours=6)
 """Failed attempts older than this are not looked at for a retry any more."""
+PERMANENT = "not retried, no retry can fix this: "
+"""Starts the recorded error of an attempt that failed for good. No other error can start so:
+a target's exception is recorded as `TypeName: message`, the runner's own errors are fixed
+sentences."""
+FIRST_SCAN_OVERLAP = 1000
+"""Run ids below the highest at a leader's first retry scan that its next scan reads again
+(a claim may commit after a higher id was visible)."""
 _SCHEMA_LOCK = 0x72756E6E  # pg_advisory_xact_lock key: one process applies the schema
 
 
@@ -102,11 +111,18 @@ RETURNING job_id, scheduled_at, attempt
 """
 
 _RETRY_CANDIDATES = f"""
-SELECT r.job_id, r.scheduled_at, r.attempt, r.finished_at FROM runner_runs AS r
-WHERE r.status IN ('failed', 'timed_out', 'interrupted') AND r.finished_at > %(since)s
+SELECT r.run_id, r.job_id, r.scheduled_at, r.attempt, r.finished_at FROM runner_runs AS r
+WHERE r.run_id >= %(low)s
+  AND r.status IN ('failed', 'timed_out', 'interrupted') AND r.finished_at > %(since)s
   AND r.node LIKE '%%{WORKER_SUFFIX}'
+  AND (r.error IS NULL OR r.error NOT LIKE %(permanent)s)
   AND NOT EXISTS (SELECT 1 FROM runner_runs AS n WHERE n.job_id = r.job_id
                   AND n.scheduled_at = r.scheduled_at AND n.attempt = r.attempt + 1)
+"""
+
+_RUN_MARKS = """
+SELECT (SELECT min(run_id) FROM runner_runs WHERE status IN ('queued', 'running')),
+       (SELECT max(run_id) FROM runner_runs)
 """
 
 _QUEUED = """
@@ -180,6 +196,10 @@ class ProcrastinateExecutor:
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.handed_over = 0
+        self.retry_from = 0
+        """Lowest run id the next retry scan reads: below it every attempt is retried, not
+        retriable, or older than RETRY_WINDOW. 0 until this leader's first scan."""
+        self._scan_high: int | None = None
 
     # --- the Executor interface -----------------------------------------------------------
     def start(self) -> None:
@@ -227,8 +247,10 @@ class ProcrastinateExecutor:
         with conn.begin():
             self._close_dead(conn, now)
             self._miss_late(conn, lookup, now)
-            self._retry(conn, lookup, now)
+            marks = self._retry(conn, lookup, now)
             counts = Counter({row[0]: int(row[1]) for row in conn.exec_driver_sql(_IN_FLIGHT)})
+        # Only after the commit: a pass that rolled back is scanned again from the old mark.
+        self.retry_from, self._scan_high = marks
         with self._lock:
             self._in_flight = counts
 
@@ -256,12 +278,31 @@ class ProcrastinateExecutor:
             conn.exec_driver_sql(_CANCEL, {"qlock": queueing_lock(job_id, scheduled_at, attempt)})
             log.warning("fire of %s at %s missed: %s", job_id, scheduled_at, reason)
 
-    def _retry(self, conn: Connection, lookup: JobLookup, now: datetime) -> None:
+    def _retry(self, conn: Connection, lookup: JobLookup, now: datetime) -> tuple[int, int | None]:
+        """Claim and defer the retries that are due; returns where the next scan starts.
+
+        The scan is incremental: an attempt can only become a retry candidate while it is
+        queued or running, or after it, so the next scan starts at the lowest of the oldest
+        attempt still in flight, the oldest candidate still waiting for its delay, and the
+        highest id of the previous scan (one scan of overlap for late commits). A new leader
+        has no marks and scans the whole RETRY_WINDOW once, through the status index.
+        """
         from runner.executors.attempt import retries_of
 
-        rows = conn.exec_driver_sql(_RETRY_CANDIDATES, {"since": now - RETRY_WINDOW}).all()
+        open_low, high = conn.exec_driver_sql(_RUN_MARKS).one()
+        high = high or 0
+        params = {
+            "low": self.retry_from,
+            "since": now - RETRY_WINDOW,
+            "permanent": PERMANENT + "%",  # no LIKE wildcard in it
+        }
+        rows = conn.exec_driver_sql(_RETRY_CANDIDATES, params).all()
+        previous = self._scan_high if self._scan_high is not None else high - FIRST_SCAN_OVERLAP
+        lows = [max(0, previous + 1)]
+        if open_low is not None:
+            lows.append(open_low)
         items: list[Handover] = []
-        for job_id, scheduled_at, attempt, finished_at in rows:
+        for run_id, job_id, scheduled_at, attempt, finished_at in rows:
             job = lookup(job_id)
             if job is None:
                 continue
@@ -271,6 +312,7 @@ class ProcrastinateExecutor:
                 continue
             due = finished_at + timedelta(seconds=retries.wait_before(attempt + 1))
             if due > now:
+                lows.append(run_id)  # scanned again until its delay has passed
                 continue
             won = conn.exec_driver_sql(
                 _CLAIM_RETRY,
@@ -285,3 +327,4 @@ class ProcrastinateExecutor:
                 log.info("retrying %s (fire %s) as attempt %d", job_id, scheduled_at, attempt + 1)
                 items.append(Handover(Fire(job_id, spec, scheduled_at), attempt + 1, due, None))
         self.hand_over(conn, items)
+        return min(lows), high

@@ -32,7 +32,7 @@ from runner.executors.attempt import attempt as run_attempt
 from runner.executors.base import Fire, Outcome, Status
 from runner.executors.local import _Threads
 from runner.executors.processes import ProcessPool
-from runner.executors.procrastinate import TASK_NAME, WORKER_SUFFIX, ensure_schema
+from runner.executors.procrastinate import PERMANENT, TASK_NAME, WORKER_SUFFIX, ensure_schema
 from runner.leadership import Leadership
 from runner.store import migrate
 from runner.store.engine import connect, is_postgres
@@ -113,12 +113,14 @@ class Worker:
             )
 
     def _finish(self, fire: Fire, number: int, duration: float, outcome: Outcome) -> None:
+        # The leader decides retries from the history: a permanent failure says so in it.
+        error = f"{PERMANENT}{outcome.error}" if outcome.permanent else outcome.error
         values = {
             **self._key(fire, number),
             "at": datetime.now(UTC),
             "duration": duration,
             "status": outcome.status,
-            "error": history.recorded_error(outcome.error),
+            "error": history.recorded_error(error),
             "traceback": history.recorded_traceback(outcome.traceback),
         }
         for pause in (0.1, 0.5, 1.0, 2.0, 5.0, 0.0):

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runner import history, jobstate, metrics, queries, runtimejobs
 from runner.errors import JobNotFound, StoreError
 from runner.execute import Fire, Status
+from runner.executors.procrastinate import ProcrastinateExecutor
 from runner.http import auth
 from runner.overrides import set_paused
 from runner.plan import IdTaken
@@ -57,13 +58,18 @@ class JobOut(BaseModel):
     """One job, exactly as `runner jobs --output json` prints it."""
 
     id: str
-    target: str
+    target: str | None = Field(description="`module:attribute`; null for a command job.")
+    command: list[str] | None = Field(None, description="The argv of a command job.")
     trigger: dict[str, Any]
     next_run_time: DateTimeText | None
     paused: bool
     last_status: StatusName | None
     last_run_at: DateTimeText | None
     source: str = Field(description="`FILE:LINE` of a file job; `api` for one added at run time.")
+    queued: int = Field(
+        description="Its attempts handed over to workers and waiting for one (`queued`)."
+    )
+    running: int = Field(description="Its attempts running now, on any node or worker.")
 
 
 class RunOut(BaseModel):
@@ -327,6 +333,7 @@ def readiness(server: Host) -> tuple[bool, dict[str, Any]]:
 def health_router(server: Host) -> APIRouter:
     """`/healthz`, `/readyz` and `/metrics`."""
     health = APIRouter(tags=["health"])
+    metrics.watch(server.engine, workers=isinstance(server.runtime, ProcrastinateExecutor))
 
     @health.get("/healthz", name="runner_healthz", summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -360,6 +367,7 @@ def health_router(server: Host) -> APIRouter:
         if not metrics.ENABLED:
             return PlainTextResponse("prometheus-client is not installed\n", status_code=501)
         metrics.set_leader(server.leadership.leading)
+        metrics.set_ready(readiness(server)[0])
         metrics.set_jobs(len(server.scheduler.store.get_all_jobs()))
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from serve_helpers import Calls, History, ServeProcess, base_env, job_file, runner_cli, wait_until
 
@@ -384,3 +386,104 @@ def test_queue_routes_a_job_to_its_workers(cluster: Cluster) -> None:
     echoed = cluster.calls.named("echo_env")
     assert echoed, [(r["status"], r["error"]) for r in cluster.history.runs("env")]
     assert {c["value"] for c in echoed} == {"from-the-worker"}
+
+
+def test_permanent_errors_fail_the_fire_at_once_on_workers(cluster: Cluster) -> None:
+    """Target not allowed where it runs, an unset variable: no retry can help, so none is
+    spent, while a plain failure beside them is retried."""
+    (cluster.jobs / "jobs.yaml").write_text(
+        job_file(
+            "id: unset, target: 'sampleapp.jobs:tick', kwargs: {label: '${NEVER_SET_ANYWHERE}'}, "
+            "trigger: {interval: 2}, retries: {max_attempts: 3, delay: 1}",
+            "id: refused, target: 'sampleapp.jobs:tick', trigger: {interval: 2}, "
+            "queue: strict, retries: {max_attempts: 3, delay: 1}",
+            "id: boom, target: 'sampleapp.jobs:boom', trigger: {interval: 2}, "
+            "retries: {max_attempts: 2, delay: 1}",
+        )
+    )
+    cluster.worker("--queue", "default")
+    cluster.worker("--queue", "strict", RUNNER_ALLOWED_TARGETS="otherapp")
+    cluster.serve(1)
+
+    def first_failure(job_id: str) -> datetime | None:
+        rows = cluster.history.with_status("failed", job_id)
+        return min((r["finished_at"] for r in rows), default=None)
+
+    def retried_after_both() -> bool:
+        unset, refused = first_failure("unset"), first_failure("refused")
+        if unset is None or refused is None:
+            return False
+        # The leader's scan that claimed this retry also read both permanent failures.
+        firsts = {
+            r["scheduled_at"]: r["finished_at"]
+            for r in cluster.history.runs("boom")
+            if r["attempt"] == 1 and r["finished_at"] is not None
+        }
+        return any(
+            r["attempt"] == 2 and firsts.get(r["scheduled_at"], unset) > max(unset, refused)
+            for r in cluster.history.runs("boom")
+        )
+
+    wait_until(retried_after_both, 60, 0.2, "a retry of boom after both permanent failures")
+    cluster.settle()
+    for job_id, words in (("unset", "NEVER_SET_ANYWHERE"), ("refused", "not allowed")):
+        rows = cluster.history.runs(job_id)
+        assert rows
+        assert {(r["attempt"], r["status"]) for r in rows} == {(1, "failed")}, rows
+        for row in rows:
+            assert row["error"].startswith("not retried, no retry can fix this: "), row
+            assert words in row["error"], row
+    assert not cluster.calls.named("tick")
+
+
+def test_status_and_metrics_show_the_queue_and_the_workers(cluster: Cluster) -> None:
+    (cluster.jobs / "jobs.yaml").write_text(
+        job_file(
+            "id: waits, target: 'sampleapp.jobs:tick', trigger: {interval: 1}, queue: later, "
+            "max_instances: 10",
+            "id: busy, target: 'sampleapp.jobs:slow', kwargs: {seconds: 3600, label: busy}, "
+            "trigger: {interval: 1}, timeout: 2h",  # one runs; the next fires are skipped
+        )
+    )
+    serve = ServeProcess(
+        [str(cluster.jobs)],
+        cluster.db_url,
+        cluster.env,
+        cluster.root,
+        ["--executor", "procrastinate", "--http", "127.0.0.1:0"],
+    )
+    cluster.serves.append(serve.start())
+    url = re.search(r"http://127\.0\.0\.1:\d+", serve.wait_for_log(r"HTTP on http://", 30).text)
+    assert url is not None
+    worker = cluster.worker("--queue", "default", "--concurrency", "2")
+    wait_until(lambda: cluster.history.with_status("running", "busy"), 40, 0.2, "busy running")
+    with httpx.Client(base_url=url[0], timeout=10) as client:
+
+        def scraped() -> str | None:
+            text: str = client.get("/metrics").text
+            queued = re.search(r'^runner_queue_depth\{queue="later"\} (\S+)$', text, re.M)
+            return text if queued and float(queued[1]) >= 2 else None
+
+        text = wait_until(scraped, 40, 0.3, "fires waiting on queue `later` in the metrics")
+        name = next(
+            n["node"] for n in cluster.status()["nodes"] if n["node"].endswith(worker.name_part)
+        )
+        assert re.search(
+            rf'^runner_worker_attempts_running\{{worker="{re.escape(name)}"\}} 1\.0$', text, re.M
+        ), text
+    # `runner status` lists the worker with its heartbeat; queued fires show as queued.
+    done = runner_cli(["status", "--db", cluster.db_url], cluster.env, cluster.root)
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"^  worker\s+{re.escape(name)}  heartbeat \S+ ago$", done.stdout, re.M), (
+        done.stdout
+    )
+    runs = runner_cli(["runs", "--db", cluster.db_url, "--job", "waits"], cluster.env, cluster.root)
+    assert re.search(r"\bwaits\b.*\bqueued\b", runs.stdout), runs.stdout
+    listed = runner_cli(["jobs", "--db", cluster.db_url, "-o", "json"], cluster.env, cluster.root)
+    waits = next(j for j in json.loads(listed.stdout) if j["id"] == "waits")
+    assert waits["queued"] >= 2 and waits["running"] == 0, waits
+    busy = next(j for j in json.loads(listed.stdout) if j["id"] == "busy")
+    assert (busy["queued"], busy["running"]) == (0, 1), busy
+    text = runner_cli(["jobs", "--db", cluster.db_url], cluster.env, cluster.root).stdout
+    assert re.search(r"^waits .* queued: \d+$", text, re.M), text
+    assert re.search(r"^busy .* running: 1$", text, re.M), text

@@ -32,12 +32,15 @@ CONTROL = ["run", "pause", "resume"]
 JOB_KEYS = {
     "id",
     "target",
+    "command",
     "trigger",
     "next_run_time",
     "paused",
     "last_status",
     "last_run_at",
     "source",
+    "queued",
+    "running",
 }
 RUN_KEYS = {
     "run_id",
