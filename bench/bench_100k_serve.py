@@ -46,10 +46,10 @@ from bench_serve import DEFAULT_PG, cpu_seconds, fresh_database, query, rss_mb, 
 from gen_100k import SECONDS_PER_DAY, ZONES, generate
 
 BEFORE = {
-    "issue": {"start": 51.5, "start_cpu": None, "rss": 1012.0, "cpu": 31.6},
-    "daily": {"start": 57.4, "start_cpu": None, "rss": 989.0, "cpu": 32.4},
+    "issue": {"start": 38.5, "start_cpu": 22.3, "rss": 1006.0, "cpu": 60.2},
+    "daily": {"start": 21.7, "start_cpu": 19.2, "rss": 996.0, "cpu": 62.4},
 }
-"""Measured on main before the serving work of issue #12, load average 7-10 (see the README)."""
+"""Measured on main before the serving work of issue #12, load average 5-6 (see the README)."""
 TARGETS = {"start": "<= 8 s", "rss": "<= 400 MB", "cpu": "<= 5 % at ~1 fire/s"}
 
 
