@@ -214,7 +214,7 @@ class Server:
                 raise
         log.info(
             "serving %d job(s) from %s",
-            len(self.scheduler.store.get_all_jobs()),
+            self.scheduler.store.count(),
             ", ".join(self.options.paths),
         )
         return True
