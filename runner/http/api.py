@@ -368,7 +368,7 @@ def health_router(server: Host) -> APIRouter:
             return PlainTextResponse("prometheus-client is not installed\n", status_code=501)
         metrics.set_leader(server.leadership.leading)
         metrics.set_ready(readiness(server)[0])
-        metrics.set_jobs(len(server.scheduler.store.get_all_jobs()))
+        metrics.set_jobs(server.scheduler.store.count())
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     return health

@@ -559,8 +559,8 @@ def test_status_page_lists_jobs_outcomes_and_failures(
         assert f'<tr data-job="{job}">' in html
     assert '<span class="status-failed">failed</span>' in html
     assert "ValueError: boom" in html
-    assert "every 1h (UTC)" in html
-    assert "cron 0 4 * * * (Europe/Berlin)" in html
+    assert "every 1h UTC" in html
+    assert "cron &#x27;0 4 * * *&#x27; Europe/Berlin" in html
     assert 'id="token"' in html
 
 
