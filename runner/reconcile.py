@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from runner import jobstate, triggers, unchanged
 from runner.errors import InvalidJobFiles, StoreError
 from runner.plan import Desired, Known, Plan, Stored, Wanted, compute, needs_full
-from runner.store import migrate, tables
+from runner.store import bulk, migrate, tables
 from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY, describe_failure, is_postgres
 
@@ -209,8 +209,8 @@ def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
 def insert_new(conn: Connection, wants: Sequence[Desired], now: datetime, by: str) -> None:
     """Store jobs that are not stored yet: both rows, scheduled from `now`."""
     refuse_foreign(conn, [w.sourced.job.id for w in wants])
-    conn.execute(tables.runner_jobs.insert(), [owned_row(w, now, by) for w in wants])
-    conn.execute(tables.apscheduler_jobs.insert(), [fresh_row(w, now, None) for w in wants])
+    bulk.insert(conn, tables.runner_jobs, [owned_row(w, now, by) for w in wants])
+    bulk.insert(conn, tables.apscheduler_jobs, [fresh_row(w, now, None) for w in wants])
 
 
 def _write(conn: Connection, plan: Plan, desired: Sequence[Wanted], now: datetime) -> None:
