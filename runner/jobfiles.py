@@ -113,10 +113,17 @@ def read_bounded(file: str) -> bytes:
     except OSError as exc:
         raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise Unreadable("cannot read: not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(MAX_FILE_BYTES + 1)
+            # Ask for what the file holds, not the limit: a buffer of the limit's size per
+            # file cost a tenth of reading 1,000 files. A file growing meanwhile is read on,
+            # up to the same bound.
+            data = handle.read(min(info.st_size, MAX_FILE_BYTES) + 1)
+            if len(data) > info.st_size:
+                data += handle.read(MAX_FILE_BYTES + 1 - len(data))
+            return data
     except OSError as exc:
         raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
     finally:

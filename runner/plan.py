@@ -21,8 +21,16 @@ like one, and no new column is needed."""
 """Text that could be read as plan syntax (separators, arrows) is shown JSON-quoted."""
 
 
+def spec_text(spec: Mapping[str, Any]) -> str:
+    """The stored form of a spec, and what its hash is taken of."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def spec_hash(spec: Mapping[str, Any]) -> str:
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _hash_of(spec_text(spec))
+
+
+def _hash_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -31,11 +39,14 @@ class Desired:
     sourced: SourcedJob
     spec: dict[str, Any]
     hash: str
+    text: str | None = None
+    """`spec_text(spec)`, when already made (it is what `runner_jobs.spec` stores)."""
 
     @classmethod
     def of(cls, sourced: SourcedJob) -> Desired:
         spec = sourced.job.canonical()
-        return cls(sourced, spec, spec_hash(spec))
+        text = spec_text(spec)
+        return cls(sourced, spec, _hash_of(text), text)
 
     @property
     def id(self) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from runner import jobstate, triggers, unchanged
 from runner.errors import InvalidJobFiles, StoreError
-from runner.plan import Desired, Known, Plan, Stored, Wanted, compute, needs_full
+from runner.plan import Desired, Known, Plan, Stored, Wanted, compute, needs_full, spec_text
 from runner.store import bulk, migrate, tables
 from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY, describe_failure, is_postgres
@@ -196,7 +196,7 @@ def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
     """The `runner_jobs` row of a job: its spec and where it came from."""
     return {
         "id": want.sourced.job.id,
-        "spec": json.dumps(want.spec, sort_keys=True, separators=(",", ":")),
+        "spec": want.text if want.text is not None else spec_text(want.spec),
         "spec_hash": want.hash,
         "spec_format": tables.SPEC_FORMAT,
         "file": want.sourced.file,

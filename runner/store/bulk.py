@@ -7,8 +7,7 @@ through the connection's own DB-API cursor, so they are part of the caller's tra
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,15 +24,37 @@ def insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) ->
         conn.execute(table.insert(), list(rows))
         return
     columns = list(rows[0])
-    text = "".join(",".join(_csv(row[name]) for name in columns) + "\n" for row in rows)
+    lines = (",".join(_csv(row[name]) for name in columns) + "\n" for row in rows)
     names = ", ".join(f'"{name}"' for name in columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.copy_expert(
-            f'COPY "{table.name}" ({names}) FROM STDIN WITH (FORMAT csv)', io.StringIO(text)
+            f'COPY "{table.name}" ({names}) FROM STDIN WITH (FORMAT csv)', _Lines(lines)
         )
     finally:
         cursor.close()
+
+
+class _Lines:
+    """The COPY stream made as the driver reads it, so the whole text never sits in memory."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._rest = ""
+
+    def read(self, size: int | None = -1) -> str:
+        parts, have = [self._rest], len(self._rest)
+        for line in self._lines:
+            parts.append(line)
+            have += len(line)
+            if size is not None and 0 <= size <= have:
+                break
+        text = "".join(parts)
+        if size is None or size < 0:
+            self._rest = ""
+            return text
+        self._rest = text[size:]
+        return text[:size]
 
 
 def _csv(value: Any) -> str:
