@@ -234,16 +234,13 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     from runner.store.engine import connect
 
     _one_shot()
-    try:
-        loaded = _valid_jobs(paths)
-    except InvalidJobFiles as exc:
-        _report_problems(exc)
-    from runner.plan import Desired
-
-    desired = [Desired.of(sourced) for sourced in loaded.jobs]
     engine = connect(db_url)
     try:
-        plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
+        plan, applied = reconcile.apply_files(
+            engine, _paths(paths), dry_run=dry_run, prune=not no_prune
+        )
+    except InvalidJobFiles as exc:
+        _report_problems(exc)
     finally:
         engine.dispose()
     if output == "json":
