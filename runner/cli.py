@@ -234,13 +234,16 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     from runner.store.engine import connect
 
     _one_shot()
-    engine = connect(db_url)
     try:
-        plan, applied = reconcile.apply_files(
-            engine, _paths(paths), dry_run=dry_run, prune=not no_prune
-        )
+        loaded = _valid_jobs(paths)
     except InvalidJobFiles as exc:
         _report_problems(exc)
+    from runner.plan import Desired
+
+    desired = [Desired.of(sourced) for sourced in loaded.jobs]
+    engine = connect(db_url)
+    try:
+        plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
     finally:
         engine.dispose()
     if output == "json":
