@@ -201,17 +201,6 @@ def db_option(func: F) -> F:
     )(func)
 
 
-def _valid_jobs(paths: tuple[str, ...]) -> Any:
-    """Load and fully validate the files, or fail with every problem listed."""
-    from runner import validate as validating
-    from runner.errors import InvalidJobFiles
-
-    loaded, problems = validating.load_valid(_paths(paths))
-    if problems:
-        raise InvalidJobFiles(problems)
-    return loaded
-
-
 def _report_problems(exc: Any, outcome: str = "nothing was applied") -> NoReturn:
     for problem in exc.problems:
         click.echo(str(problem), err=True)
@@ -234,20 +223,18 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     from runner.store.engine import connect
 
     _one_shot()
-    try:
-        loaded = _valid_jobs(paths)
-    except InvalidJobFiles as exc:
-        _report_problems(exc)
     from runner import report
-    from runner.plan import Desired
 
-    desired = [Desired.of(sourced) for sourced in loaded.jobs]
     engine = connect(db_url)
     try:
         kept: list[str] | None = None
         if no_prune and output == "json":  # what a pruning apply would delete; only read
-            kept = reconcile.apply(engine, desired, dry_run=True, prune=True)[0].delete
-        plan, applied = reconcile.apply(engine, desired, dry_run=dry_run, prune=not no_prune)
+            kept = reconcile.apply_files(engine, _paths(paths), dry_run=True, prune=True)[0].delete
+        plan, applied = reconcile.apply_files(
+            engine, _paths(paths), dry_run=dry_run, prune=not no_prune
+        )
+    except InvalidJobFiles as exc:
+        _report_problems(exc)
     finally:
         engine.dispose()
     if output == "json":

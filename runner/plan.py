@@ -21,8 +21,16 @@ like one, and no new column is needed."""
 """Text that could be read as plan syntax (separators, arrows) is shown JSON-quoted."""
 
 
+def spec_text(spec: Mapping[str, Any]) -> str:
+    """The stored form of a spec, and what its hash is taken of."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def spec_hash(spec: Mapping[str, Any]) -> str:
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _hash_of(spec_text(spec))
+
+
+def _hash_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -31,11 +39,40 @@ class Desired:
     sourced: SourcedJob
     spec: dict[str, Any]
     hash: str
+    text: str | None = None
+    """`spec_text(spec)`, when already made (it is what `runner_jobs.spec` stores)."""
 
     @classmethod
     def of(cls, sourced: SourcedJob) -> Desired:
         spec = sourced.job.canonical()
-        return cls(sourced, spec, spec_hash(spec))
+        text = spec_text(spec)
+        return cls(sourced, spec, _hash_of(text), text)
+
+    @property
+    def id(self) -> str:
+        return self.sourced.job.id
+
+    @property
+    def file(self) -> str:
+        return self.sourced.file
+
+    @property
+    def line(self) -> int:
+        return self.sourced.line
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A job of a file that is unchanged since the last apply: its identity and spec hash,
+    all a plan needs while the store agrees (see runner.unchanged)."""
+
+    id: str
+    hash: str
+    file: str
+    line: int
+
+
+Wanted = Desired | Known
 
 
 class IdTaken(StoreError):
@@ -164,33 +201,39 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any,
 
 
 def compute(
-    desired: Iterable[Desired],
+    desired: Iterable[Wanted],
     stored: Mapping[str, Stored],
     prune: bool,
     stored_specs: Callable[[list[str]], Mapping[str, dict[str, Any]]],
 ) -> Plan:
-    """`stored_specs` fetches old specs only for the jobs that changed, to show what changed."""
+    """`stored_specs` fetches old specs only for the jobs that changed, to show what changed.
+
+    A `Known` job must be unchanged in the store (same hash, not taken at run time): a caller
+    replaces the Known jobs of a file by its full Desired ones first (`needs_full`).
+    """
     plan = Plan()
     changed: list[Desired] = []
     seen: set[str] = set()
     taken: list[str] = []
     for want in desired:
-        job_id = want.sourced.job.id
+        job_id = want.id
         seen.add(job_id)
         have = stored.get(job_id)
         if have is not None and have.runtime:
             taken.append(
-                f"{want.sourced.file}:{want.sourced.line}:1: job {printable(job_id)}: id: "
+                f"{want.file}:{want.line}:1: job {printable(job_id)}: id: "
                 "a job added at run time (api) already holds this id; rename this job, or "
                 f"delete that one first (DELETE /api/jobs/{printable(job_id)})"
             )
         elif have is None:
             plan.create.append(job_id)
         elif have.hash != want.hash:
+            if not isinstance(want, Desired):
+                raise TypeError(f"job {job_id} changed but only its hash is known")
             changed.append(want)
         else:
             plan.unchanged.append(job_id)
-            if (have.file, have.line) != (want.sourced.file, want.sourced.line):
+            if (have.file, have.line) != (want.file, want.line):
                 plan.moved.append(job_id)
         if have is not None and have.paused_override is not None:
             plan.overridden[job_id] = have.paused_override
@@ -198,10 +241,8 @@ def compute(
         raise IdTaken("; ".join(taken))
     plan.runtime = sorted(job_id for job_id, have in stored.items() if have.runtime)
     if changed:
-        old = stored_specs([w.sourced.job.id for w in changed])
-        plan.update = [
-            Update(w.sourced.job.id, diff(old[w.sourced.job.id], w.spec)) for w in changed
-        ]
+        old = stored_specs([w.id for w in changed])
+        plan.update = [Update(w.id, diff(old[w.id], w.spec)) for w in changed]
     if prune:
         plan.delete = sorted(
             job_id for job_id, have in stored.items() if job_id not in seen and not have.runtime
@@ -210,3 +251,15 @@ def compute(
     plan.update.sort(key=lambda u: u.id)
     plan.unchanged.sort()
     return plan
+
+
+def needs_full(known: Iterable[Known], stored: Mapping[str, Stored]) -> set[str]:
+    """Files whose Known jobs a plan cannot use as they are: a job the store lacks or holds
+    differently (to create or update it, its full spec is needed), or one whose id a job
+    added at run time holds (the refusal names its position either way; read it in full)."""
+    files = set()
+    for want in known:
+        have = stored.get(want.id)
+        if have is None or have.hash != want.hash or have.runtime:
+            files.add(want.file)
+    return files

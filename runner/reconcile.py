@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, Integer, Text, bindparam, delete, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from runner import jobstate, triggers
-from runner.errors import StoreError
-from runner.plan import Desired, Plan, Stored, compute
-from runner.store import migrate, tables
+from runner import jobstate, triggers, unchanged
+from runner.errors import InvalidJobFiles, StoreError
+from runner.plan import Desired, Known, Plan, Stored, Wanted, compute, needs_full, spec_text
+from runner.store import bulk, migrate, tables
 from runner.store.batches import chunks
 from runner.store.engine import READ_ONLY, describe_failure, is_postgres
 
@@ -56,6 +56,11 @@ def _spec_reader(conn: Connection) -> Callable[[list[str]], dict[str, dict[str, 
     return read
 
 
+Complete = Callable[[Mapping[str, Stored]], Sequence[Wanted]]
+"""Given the stored jobs, the jobs to plan with (files whose Known jobs do not do are read in
+full first)."""
+
+
 def apply(
     engine: Engine,
     desired: Sequence[Desired],
@@ -65,18 +70,70 @@ def apply(
     now: datetime | None = None,
 ) -> tuple[Plan, bool]:
     """Returns the plan and whether it was written."""
+    return _apply(engine, lambda stored: desired, dry_run, prune, now, None)
+
+
+def apply_files(
+    engine: Engine,
+    paths: Sequence[str],
+    *,
+    dry_run: bool = False,
+    prune: bool = True,
+    now: datetime | None = None,
+) -> tuple[Plan, bool]:
+    """Validate the job files and apply them: `apply` and `apply --dry-run`.
+
+    Files unchanged since the last successful apply to this database are not parsed again
+    (runner.unchanged says why that is sound). Raises InvalidJobFiles with every problem,
+    before anything is written.
+    """
+    memo = unchanged.read(engine)
+    reader = unchanged.Reader(memo, import_targets=True)
+    prepared = reader.load(paths)
+    if prepared.problems:
+        raise InvalidJobFiles(prepared.problems)
+
+    def complete(stored: Mapping[str, Stored]) -> Sequence[Wanted]:
+        nonlocal prepared
+        while True:
+            known = [w for w in prepared.wanted if isinstance(w, Known)]
+            files = needs_full(known, stored) - prepared.full
+            if not files:
+                return prepared.wanted
+            prepared = reader.load(paths, prepared.full | files)
+            if prepared.problems:  # a file changed on disk meanwhile
+                raise InvalidJobFiles(prepared.problems)
+
+    def record(conn: Connection) -> None:
+        unchanged.write(conn, prepared.entries, memo)
+
+    return _apply(engine, complete, dry_run, prune, now, record)
+
+
+def _apply(
+    engine: Engine,
+    complete: Complete,
+    dry_run: bool,
+    prune: bool,
+    now: datetime | None,
+    record: Callable[[Connection], None] | None,
+) -> tuple[Plan, bool]:
     try:
         if dry_run:
-            return _plan_only(engine, desired, prune), False
+            return _plan_only(engine, complete, prune), False
         migrate.ensure(engine)
         with engine.begin() as conn:
             if is_postgres(engine):
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
-            plan = compute(desired, read_stored(conn), prune, _spec_reader(conn))
+            stored = read_stored(conn)
+            desired = complete(stored)
+            plan = compute(desired, stored, prune, _spec_reader(conn))
             if plan.changed or plan.moved:
                 _write(conn, plan, desired, now or datetime.now(UTC))
             if plan.changed:
                 bump_generation(conn)
+            if record is not None:
+                record(conn)
             return plan, plan.changed
     except StoreError:
         raise
@@ -84,17 +141,17 @@ def apply(
         raise StoreError(describe_failure(exc, str(engine.url))) from None
 
 
-def _plan_only(engine: Engine, desired: Sequence[Desired], prune: bool) -> Plan:
+def _plan_only(engine: Engine, complete: Complete, prune: bool) -> Plan:
     """The plan a real apply would carry out, read without writing anything, not even the schema.
 
     A collision with a job the runner does not own fails here too, as the apply would.
     """
     if missing_sqlite_file(engine):  # connecting would create the file
-        return compute(desired, {}, prune, lambda ids: {})
+        return compute(complete({}), {}, prune, lambda ids: {})
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         names = migrate.existing_tables(conn)
         stored = read_stored(conn) if tables.runner_jobs.name in names else {}
-        plan = compute(desired, stored, prune, _spec_reader(conn))
+        plan = compute(complete(stored), stored, prune, _spec_reader(conn))
         if tables.apscheduler_jobs.name in names:
             refuse_foreign(conn, plan.create)
         return plan
@@ -139,7 +196,7 @@ def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
     """The `runner_jobs` row of a job: its spec and where it came from."""
     return {
         "id": want.sourced.job.id,
-        "spec": json.dumps(want.spec, sort_keys=True, separators=(",", ":")),
+        "spec": want.text if want.text is not None else spec_text(want.spec),
         "spec_hash": want.hash,
         "spec_format": tables.SPEC_FORMAT,
         "file": want.sourced.file,
@@ -152,12 +209,15 @@ def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
 def insert_new(conn: Connection, wants: Sequence[Desired], now: datetime, by: str) -> None:
     """Store jobs that are not stored yet: both rows, scheduled from `now`."""
     refuse_foreign(conn, [w.sourced.job.id for w in wants])
-    conn.execute(tables.runner_jobs.insert(), [owned_row(w, now, by) for w in wants])
-    conn.execute(tables.apscheduler_jobs.insert(), [fresh_row(w, now, None) for w in wants])
+    bulk.insert(conn, tables.runner_jobs, [owned_row(w, now, by) for w in wants])
+    bulk.insert(conn, tables.apscheduler_jobs, [fresh_row(w, now, None) for w in wants])
 
 
-def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: datetime) -> None:
-    by_id = {d.sourced.job.id: d for d in desired}
+def _write(conn: Connection, plan: Plan, desired: Sequence[Wanted], now: datetime) -> None:
+    """Creates and updates are always of Desired jobs (see plan.compute); moves need only
+    a position."""
+    wanted = {w.id: w for w in desired}
+    by_id = {i: w for i, w in wanted.items() if isinstance(w, Desired)}
     by = applied_by()
 
     def runner_row(want: Desired) -> dict[str, Any]:
@@ -173,10 +233,7 @@ def _write(conn: Connection, plan: Plan, desired: Sequence[Desired], now: dateti
             update(own)
             .where(own.c.id == bindparam("b_id"))
             .values(file=bindparam("b_file"), line=bindparam("b_line")),
-            [
-                {"b_id": i, "b_file": by_id[i].sourced.file, "b_line": by_id[i].sourced.line}
-                for i in plan.moved
-            ],
+            [{"b_id": i, "b_file": wanted[i].file, "b_line": wanted[i].line} for i in plan.moved],
         )
     for chunk in chunks(plan.delete):
         conn.execute(delete(aps).where(aps.c.id.in_(chunk)))

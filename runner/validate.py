@@ -47,38 +47,60 @@ class Report:
         }
 
 
+TargetKey = tuple[str, int, tuple[str, ...]]
+"""What a target check depends on: the target, how many positional arguments and the keyword
+names, never the values."""
+
+
+def target_key(job: Job) -> TargetKey:
+    assert job.target is not None, "command jobs have no target check"
+    return (job.target, len(job.args), tuple(job.kwargs))
+
+
+class TargetChecks:
+    """Targets must be allowed, and (when importing) callable with the given arguments;
+    each distinct TargetKey is checked once, however many jobs share it."""
+
+    def __init__(self, import_targets: bool) -> None:
+        self.import_targets = import_targets
+        self.prefixes = targets.allowed_prefixes()
+        self._verdicts: dict[TargetKey, str | None] = {}
+
+    def verdict(self, key: TargetKey) -> str | None:
+        """Why jobs with this key cannot run, or None."""
+        if key not in self._verdicts:
+            self._verdicts[key] = self._check(key)
+        return self._verdicts[key]
+
+    def _check(self, key: TargetKey) -> str | None:
+        target, positional, keywords = key
+        try:
+            if self.import_targets:
+                func = targets.resolve(target, self.prefixes)
+                targets.check_call(func, [None] * positional, dict.fromkeys(keywords))
+            else:
+                targets.check_allowed_name(target, self.prefixes)
+        except targets.TargetError as exc:
+            return str(exc)
+        return None
+
+    def problems(self, jobs: Sequence[SourcedJob]) -> list[Problem]:
+        """Target problems, then those of command jobs (which have no target)."""
+        problems = []
+        for sourced in jobs:
+            job = sourced.job
+            if job.target is None:  # a command job: checked by `commands.check`
+                continue
+            message = self.verdict(target_key(job))
+            if message is not None:
+                line, column = sourced.position("target")
+                problems.append(Problem(sourced.file, line, column, job.id, "target", message))
+        return problems + commands.check(jobs)
+
+
 def check_targets(jobs: Sequence[SourcedJob], import_targets: bool) -> list[Problem]:
     """Targets must be allowed, and (when importing) callable with the given arguments."""
-    prefixes = targets.allowed_prefixes()
-    problems = []
-    # Whether arguments bind depends only on the target, how many positional arguments there
-    # are and the keyword names, never on the values: check each combination once.
-    verdicts: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
-    for sourced in jobs:
-        job = sourced.job
-        if job.target is None:  # a command job: checked by `commands.check`
-            continue
-        key = (job.target, len(job.args), tuple(job.kwargs))
-        if key not in verdicts:
-            verdicts[key] = _target_problem(job, prefixes, import_targets)
-        message = verdicts[key]
-        if message is not None:
-            line, column = sourced.position("target")
-            problems.append(Problem(sourced.file, line, column, job.id, "target", message))
-    return problems + commands.check(jobs)
-
-
-def _target_problem(job: Job, prefixes: Sequence[str], import_targets: bool) -> str | None:
-    assert job.target is not None  # command jobs are skipped
-    try:
-        if import_targets:
-            func = targets.resolve(job.target, prefixes)
-            targets.check_call(func, job.args, job.kwargs)
-        else:
-            targets.check_allowed_name(job.target, prefixes)
-    except targets.TargetError as exc:
-        return str(exc)
-    return None
+    return TargetChecks(import_targets).problems(jobs)
 
 
 def load_valid(paths: Sequence[str], import_targets: bool = True) -> tuple[Loaded, list[Problem]]:

@@ -94,3 +94,18 @@ runner_lease = Table(
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Column("term", Integer, nullable=False, default=0),
 )
+
+runner_file_cache = Table(
+    "runner_file_cache",
+    metadata,
+    # What the last successful apply found in each job file, so that the next one can skip
+    # reading files whose bytes and validation settings are unchanged (runner.unchanged).
+    # A memo of a pure function of those inputs, not a record of the store: a runner that does
+    # not know this table (schema version 2 is unchanged) may apply meanwhile, and the memo
+    # stays true. `ensure` creates it in a database made by an older runner.
+    Column("file", Text, primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("jobs", Text, nullable=False),
+    Column("checks", Text, nullable=False),
+)
