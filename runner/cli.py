@@ -65,6 +65,12 @@ class _Group(click.Group):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted")
+        except BrokenPipeError:
+            # The reader went away (`runner validate | head`): nothing to tell it. Point stdout
+            # at /dev/null so the interpreter's last flush cannot fail again, and exit 1, the
+            # contract's code for "did not complete", without a line nobody asked for.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:
             if os.environ.get("RUNNER_DEBUG"):
                 raise
