@@ -254,27 +254,37 @@ def test_serve_survives_bad_files_and_keeps_running_the_good_ones(tmp_path: Path
         """,
     )
     calls = tmp_path / "calls.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "serve", "jobs.d", "--db", "sqlite:///r.db"],
-        cwd=tmp_path,
-        env=env_for(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "serve.log"
+
+    def named(name: str) -> bool:
+        return re.search(rf"jobs\.d/{name}:\d+:\d+: ", log.read_text()) is not None
+
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "serve", "jobs.d", "--db", "sqlite:///r.db"],
+            cwd=tmp_path,
+            env=env_for(tmp_path),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         wait_for(lambda: calls.exists() and calls.read_text().count("\n"), 30, "a first tick")
         _bad_folder(folder)
+        # The watcher may see the bad files in more than one batch: wait until every one is
+        # reported, then for ticks after that.
+        wait_for(lambda: all(named(name) for name in BAD_FILES), 60, "every bad file reported")
         before = calls.read_text().count("\n")
         wait_for(lambda: calls.read_text().count("\n") > before + 2, 30, "ticks after the change")
         assert proc.poll() is None, "serve died on a bad file"
     finally:
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+    output = log.read_text()
     assert "internal error" not in output and "OverflowError" not in output
     assert "Traceback" not in output, output
     for name in BAD_FILES:
-        assert re.search(rf"jobs\.d/{name}:\d+:\d+: ", output), (name, output)
+        assert named(name), (name, output)
 
 
 # --- 13. the database URL keeps its secrets; the file its privacy ----------------------------
