@@ -16,20 +16,14 @@ The server: $RUNNER_BENCH_PG, else $RUNNER_TEST_PG, else postgresql://postgres@1
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg2  # type: ignore[import-untyped, unused-ignore]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_validate import load_note, runner_command, table, timed
+from common100k import postgres_database as database
 from gen_jobs import generate, spread
 
 TARGETS = {
@@ -118,42 +112,6 @@ for path in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
 scheduler.shutdown(wait=False)
 print(f"{count} jobs added")
 '''
-
-
-def admin_url() -> str:
-    return (
-        os.environ.get("RUNNER_BENCH_PG")
-        or os.environ.get("RUNNER_TEST_PG")
-        or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-
-
-def _admin() -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(admin_url(), connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-@contextmanager
-def database(label: str) -> Iterator[str]:
-    """A fresh database for one run, dropped afterwards; yields its SQLAlchemy URL."""
-    name = f"runner_bench_{label}_{os.getpid()}_{secrets.token_hex(3)}"
-    conn = _admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    finally:
-        conn.close()
-    parts = urlsplit(admin_url())
-    try:
-        yield urlunsplit(("postgresql+psycopg2", parts.netloc, "/" + name, parts.query, ""))
-    finally:
-        conn = _admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
 
 
 def one_round(

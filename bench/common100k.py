@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import psycopg2  # type: ignore[import-untyped, unused-ignore]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_validate import runner_command
 from gen_100k import generate
 
 __all__ = [
@@ -51,15 +51,6 @@ class Run:
     cpu: float
     rss_mb: float
     stdout: str
-
-
-def runner_command() -> list[str]:
-    """The installed `runner` script beside this interpreter, else `python -m runner`."""
-    script = Path(sys.executable).with_name("runner")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("runner")
-    return [found] if found else [sys.executable, "-m", "runner"]
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
