@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_apply import database
+from common100k import postgres_database as database
 
 JOBS = "jobs:\n" + "".join(
     f"  - {{id: tick{i}, target: 'runner.tasks:heartbeat', trigger: {{interval: 1}}}}\n"
