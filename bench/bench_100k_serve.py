@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serve import DEFAULT_PG, cpu_seconds, fresh_database, query, rss_mb, wait_for
-from gen_100k import SECONDS_PER_DAY, ZONES, generate
+from gen_100k import generate
 
 BEFORE = {
     "issue": {"start": 38.5, "start_cpu": 22.3, "rss": 1006.0, "cpu": 60.2},
@@ -51,29 +51,6 @@ BEFORE = {
 }
 """Measured on main before the serving work of issue #12, load average 5-6 (see the README)."""
 TARGETS = {"start": "<= 8 s", "rss": "<= 400 MB", "cpu": "<= 5 % at ~1 fire/s"}
-
-
-def daily_set(folder: Path, files: int = 1000, jobs_per_file: int = 100) -> int:
-    """Every job a daily cron, spread evenly over the day in four zones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    total = files * jobs_per_file
-    number = 0
-    for index in range(files):
-        lines = [f"# tenant job file {index}", "jobs:"]
-        for _ in range(jobs_per_file):
-            second_of_day = number * SECONDS_PER_DAY // total
-            hour, minute = divmod(second_of_day // 60, 60)
-            lines += [
-                f"  - id: tenant-{number:06d}",
-                "    target: runner.tasks:heartbeat",
-                f'    kwargs: {{message: "tenant {number}"}}',
-                "    trigger:",
-                f'      cron: "{minute} {hour} * * *"',
-                f"      timezone: {ZONES[number % len(ZONES)]}",
-            ]
-            number += 1
-        (folder / f"tenants-{index:04d}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return number
 
 
 def free_port() -> int:
@@ -97,7 +74,7 @@ def runner(*args: str) -> list[str]:
 def measure(admin: str, name: str, window: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="runner-100k-") as tmp, fresh_database(admin) as url:
         folder = Path(tmp) / "jobs.d"
-        count = generate(folder) if name == "issue" else daily_set(folder)
+        count = generate(folder, daily=name == "daily")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         subprocess.run(
             runner("apply", str(folder), "--db", url), env=env, check=True, capture_output=True
