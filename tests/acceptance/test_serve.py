@@ -549,8 +549,11 @@ def test_downtime_obeys_misfire_grace_and_coalesce(ctx: Ctx) -> None:
     folded = after_stop[:first_run]
     assert len(folded) >= 3, after_stop
     assert {r["status"] for r in folded} == {"missed"}
-    assert all("coalesced" in r["error"] for r in folded)
-    assert after_stop[first_run]["scheduled_at"] < restarted
+    # ... into that very run (the first pass of the new process may come a whole second
+    # after `restarted` on a busy machine, so the run it keeps is named, not bounded by time).
+    kept = after_stop[first_run]["scheduled_at"]
+    into = [datetime.fromisoformat(r["error"].rpartition("scheduled at ")[2]) for r in folded]
+    assert into == [kept] * len(folded), folded
     # no coalescing, generous grace: every missed fire ran, late.
     down = during_downtime("each")
     assert len(down) >= 4 and {r["status"] for r in down} == {"succeeded"}
