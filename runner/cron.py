@@ -16,8 +16,9 @@ Expressions
 * Items: ``*``, ``n``, ``a-b``, ``*/s``, ``a-b/s``, ``a/s`` (= ``a-max/s``), and lists of them.
   Names ``jan``-``dec`` and ``sun``-``sat`` are accepted case-insensitively wherever a number
   of that field is.  Day-of-week 0 and 7 are both Sunday.  Quirks kept from Debian
-  cron/cronsim: any step >= 1 is accepted (``*/90`` in minutes means minute 0), and a one-value
-  range with a step, ``a-a/s``, means ``a/s``.  Backward ranges (``fri-mon``) are errors.
+  cron/cronsim: any step >= 1 is accepted (``*/90`` in minutes means minute 0).  A one-value
+  range with a step, ``a-a/s``, is that one value, as the step runs through the range (cronsim
+  before 2.9 read it as ``a/s``).  Backward ranges (``fri-mon``) are errors.
 * Special characters, exactly where cronsim supports them:
 
   - day: ``L`` (last day of the month) and ``LW`` (last weekday, Mon-Fri, of the month);
@@ -272,8 +273,6 @@ def _parse_item(f: _Field, item: str, out: _Items) -> None:
                 start, stop = f.lo, f.hi
             elif "-" in base:
                 start, stop = _range(f, base, item)
-                if start == stop:  # Debian cron/cronsim: "a-a/s" is "a/s"
-                    stop = f.hi
             else:
                 start, stop = _value(f, base, item), f.hi
             out.plain.update(range(start, stop + 1, step))
