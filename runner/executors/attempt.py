@@ -28,6 +28,7 @@ from typing import Any
 
 from runner import commands, interpolate, targets
 from runner.executors.base import Fire, Outcome, Recorder, Status, SyncCalls, TargetRaised
+from runner.executors.threads import ThreadPool
 from runner.models import Retries
 
 __all__ = ["Fire", "Outcome", "Recorder", "Status", "attempt", "retries_of", "run_fire", "run_job"]
@@ -100,6 +101,7 @@ async def _call_in_thread(
     args: list[Any],
     kwargs: dict[str, Any],
     threads: concurrent.futures.Executor | None,
+    begin: Callable[[], None],
 ) -> None:
     def guarded() -> Any:
         try:
@@ -107,7 +109,23 @@ async def _call_in_thread(
         except BaseException:  # SystemExit or a custom BaseException must not end the thread
             raise TargetRaised(_describe(), traceback.format_exc()) from None
 
-    result = await asyncio.get_running_loop().run_in_executor(threads, guarded)
+    loop = asyncio.get_running_loop()
+    running = (
+        threads.start(loop, guarded)
+        if isinstance(threads, ThreadPool)
+        else loop.run_in_executor(threads, guarded)
+    )
+    try:
+        # Let the other fires due in this loop iteration be handed over before the
+        # bookkeeping of this one: at an instant with many fires due, each waits only for
+        # the hand-overs before it.
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        running.cancel()
+        raise
+    finally:
+        begin()
+    result = await running
     if inspect.isawaitable(result):
         await _call_async(lambda: result, [], {}, None)
 
@@ -117,11 +135,36 @@ async def attempt(
     calls: SyncCalls,
     environ: Mapping[str, str],
     threads: concurrent.futures.Executor | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Outcome:
-    """One attempt; never raises except CancelledError (shutdown)."""
+    """One attempt; never raises except CancelledError (shutdown).
+
+    `on_start` (the start's bookkeeping) is called once, before the attempt ends; for a
+    sync target in a thread, just after the hand-over (see `_call_in_thread`).
+    """
+    pending = [on_start] if on_start is not None else []
+
+    def begin() -> None:
+        while pending:
+            pending.pop()()
+
+    try:
+        return await _attempt(fire, calls, environ, threads, begin)
+    finally:
+        begin()
+
+
+async def _attempt(
+    fire: Fire,
+    calls: SyncCalls,
+    environ: Mapping[str, str],
+    threads: concurrent.futures.Executor | None,
+    begin: Callable[[], None],
+) -> Outcome:
     spec = fire.spec
     secrets: set[str] = set()
     if "command" in spec:
+        begin()
         return await commands.run(spec["command"], spec.get("timeout"), environ, secrets)
     prefixes = _prefixes(environ.get(targets.ENV_ALLOWED, ""))
     try:
@@ -133,10 +176,12 @@ async def attempt(
     timeout = spec.get("timeout")
     try:
         if _is_async(func):
+            begin()
             await _call_async(func, args, kwargs, timeout)
         elif not timeout:  # nothing to stop it for: a thread starts in microseconds
-            await _call_in_thread(func, args, kwargs, threads)
+            await _call_in_thread(func, args, kwargs, threads, begin)
         else:
+            begin()
             await calls.call(
                 spec["target"], prefixes, args, kwargs, timeout, environ, key=fire.job_id
             )
@@ -186,18 +231,9 @@ async def run_fire(
             await sleep(retries.wait_before(number))
         started = _now()
         clock = time.monotonic()
-        recorder.started(fire, number, started)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "run start job=%s scheduled=%s attempt=%d/%d",
-                fire.job_id,
-                fire.scheduled_at.isoformat(),
-                number,
-                retries.max_attempts,
-                extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
-            )
+        begin = functools.partial(_record_start, recorder, fire, number, started, retries)
         try:
-            outcome = await attempt(fire, calls, environ, threads)
+            outcome = await attempt(fire, calls, environ, threads, on_start=begin)
         except asyncio.CancelledError:
             duration = time.monotonic() - clock
             recorder.finished(
@@ -229,6 +265,21 @@ async def run_fire(
         if outcome.status == Status.SUCCEEDED or outcome.permanent:
             break
     return outcome
+
+
+def _record_start(
+    recorder: Recorder, fire: Fire, number: int, started: datetime, retries: Retries
+) -> None:
+    recorder.started(fire, number, started)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "run start job=%s scheduled=%s attempt=%d/%d",
+            fire.job_id,
+            fire.scheduled_at.isoformat(),
+            number,
+            retries.max_attempts,
+            extra={"job_id": fire.job_id, "attempt": number, "event": "start"},
+        )
 
 
 class _NullRecorder:

@@ -20,11 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 from runner.executors.attempt import Fire, Outcome, Recorder, Status, run_fire
 from runner.executors.base import Executor
 from runner.executors.processes import ProcessPool
+from runner.executors.threads import ThreadPool
 
 log = logging.getLogger("runner.runtime")
 
@@ -32,40 +33,6 @@ SKIP_REASON = "previous run still going (max_instances)"
 LOST_LEADERSHIP = "not started: its node lost leadership"
 WARM_ENV = "RUNNER_WARM_PROCESSES"
 DEFAULT_WARM = 4
-MAX_THREADS = 4096
-"""Only a bound against runaway: what bounds a job is its `max_instances`."""
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class _Threads(concurrent.futures.ThreadPoolExecutor):
-    """Sync targets without a timeout. Elastic, like the process pool: an idle thread is
-    reused, else one is added, so a job that hangs holds only its own `max_instances`."""
-
-    def __init__(self) -> None:
-        super().__init__(MAX_THREADS, thread_name_prefix="runner-job")
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-
-    def submit(
-        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[R]:
-        return super().submit(self._counted, functools.partial(fn, *args, **kwargs))
-
-    def _counted(self, call: Callable[[], R]) -> R:
-        with self._busy_lock:
-            self._busy += 1
-        try:
-            return call()
-        finally:
-            with self._busy_lock:
-                self._busy -= 1
-
-    @property
-    def busy(self) -> int:
-        with self._busy_lock:
-            return self._busy
 
 
 class Runtime:
@@ -77,7 +44,7 @@ class Runtime:
         if warm is None:
             warm = int(os.environ.get(WARM_ENV, "") or DEFAULT_WARM)
         self.processes = ProcessPool(warm=warm)
-        self.threads = _Threads()
+        self.threads = ThreadPool()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="runner-loop", daemon=True)
         self._running: Counter[str] = Counter()

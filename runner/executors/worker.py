@@ -30,9 +30,9 @@ from sqlalchemy.engine import make_url
 from runner import history
 from runner.executors.attempt import attempt as run_attempt
 from runner.executors.base import Fire, Outcome, Status
-from runner.executors.local import _Threads
 from runner.executors.processes import ProcessPool
 from runner.executors.procrastinate import PERMANENT, TASK_NAME, WORKER_SUFFIX, ensure_schema
+from runner.executors.threads import ThreadPool
 from runner.leadership import Leadership
 from runner.store import migrate
 from runner.store.engine import connect, is_postgres
@@ -88,7 +88,7 @@ class Worker:
         self.name = worker_name()
         self.engine: Engine = connect(db_url)
         self.pool = ProcessPool(warm=min(2, concurrency))
-        self.threads = _Threads()
+        self.threads = ThreadPool()
         self.presence = Leadership(self.engine, self.name)
         self._stopped = threading.Event()
 
