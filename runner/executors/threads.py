@@ -7,7 +7,8 @@ another, so every fire waits for the hand-over of all those before it. Through
 `run_in_executor` a hand-over builds a concurrent Future (with its Condition), a work item,
 an asyncio wrapper chained to it, and takes a semaphore; a py-spy profile of `serve` at
 1,000 fires/s put half the loop's time there. `start` costs an asyncio future and a queue
-put; the end of a run is one `call_soon_threadsafe`. `submit` keeps the `Executor`
+put; when no thread is idle, threads are started by each other, one after another, not by
+the caller; the end of a run is one `call_soon_threadsafe`. `submit` keeps the `Executor`
 interface for callers that want a concurrent future.
 """
 
@@ -40,6 +41,10 @@ class ThreadPool(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        """Threads waiting for a call that no queued call is meant for."""
+        self._owed = 0
+        """Queued calls that no thread is meant for yet."""
+        self._spawning = False
         self._busy = 0
         self._closed = False
         self._started: list[threading.Thread] = []
@@ -90,45 +95,69 @@ class ThreadPool(concurrent.futures.Executor):
             if self._closed:
                 raise RuntimeError("cannot start a run after shutdown")
             if self._idle:
-                self._idle -= 1
-                spawn = False
+                self._idle -= 1  # an idle thread will take it
             else:
-                spawn = self._threads < MAX_THREADS
-                if spawn:
-                    self._threads += 1
+                self._owed += 1
+            spawn = self._spawn_needed()
         self._work.put(item)
         if spawn:
-            thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-            with self._lock:
-                self._started.append(thread)
-            thread.start()
+            self._spawn()
+
+    def _spawn_needed(self) -> bool:
+        """Under the lock: whether to start a thread now. One start at a time, and each new
+        thread starts the next while calls are still owed one: a burst of calls costs the
+        caller (the event loop) one thread start, not one per call."""
+        if self._owed and not (self._spawning or self._closed) and self._threads < MAX_THREADS:
+            self._spawning = True
+            self._threads += 1
+            return True
+        return False
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+        with self._lock:
+            self._started.append(thread)
+        thread.start()
 
     def _serve(self) -> None:
+        with self._lock:
+            self._spawning = False
+            self._take_owed_or_idle()
+            spawn = self._spawn_needed()
+        if spawn:
+            self._spawn()
         while True:
             item = self._work.get()
-            if item is None:
+            if item is None:  # shutdown, after the calls queued before it
                 break
-            call, loop, future = item
-            if loop is None and not future.set_running_or_notify_cancel():  # type: ignore[union-attr]
-                continue
+            self._run(item)
             with self._lock:
-                self._busy += 1
-            try:
-                result: Any = call()
-                error: BaseException | None = None
-            except BaseException as exc:  # settles the caller's future; the thread goes on
-                result, error = None, exc
-            with self._lock:
-                self._busy -= 1
-            _settle(loop, future, result, error)
-            del call, item, result, error
-            with self._lock:
-                if self._closed:
-                    break
-                self._idle += 1
+                self._take_owed_or_idle()
         with self._lock:
             self._threads -= 1
             self._started.remove(threading.current_thread())
+
+    def _take_owed_or_idle(self) -> None:
+        """Under the lock: a free thread takes a call that waits for one, else it is idle."""
+        if self._owed:
+            self._owed -= 1
+        else:
+            self._idle += 1
+
+    def _run(self, item: _Item) -> None:
+        call, loop, future = item
+        if loop is None and not future.set_running_or_notify_cancel():  # type: ignore[union-attr]
+            return  # cancelled before it started
+        with self._lock:
+            self._busy += 1
+        try:
+            result: Any = call()
+            error: BaseException | None = None
+        except BaseException as exc:  # settles the caller's future; the thread goes on
+            result, error = None, exc
+        with self._lock:
+            self._busy -= 1
+        _settle(loop, future, result, error)
 
 
 def _settle(

@@ -112,3 +112,20 @@ def test_shutdown_waits_for_running_calls_when_asked() -> None:
     release.set()
     waiter.join(DEADLINE)
     assert not waiter.is_alive() and running.result(0) is True
+
+
+def test_a_burst_of_calls_that_wait_for_each_other_all_run_at_once() -> None:
+    # Each call returns only once all of them are running: a pool that made any call wait for
+    # another to end (too few threads started for a burst) fails the barrier.
+    count = 50
+    barrier = threading.Barrier(count, timeout=DEADLINE)
+    pool = ThreadPool()
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(pool.start(loop, barrier.wait) for _ in range(count))))
+
+    try:
+        assert sorted(asyncio.run(main())) == list(range(count))
+    finally:
+        pool.shutdown(wait=False)
