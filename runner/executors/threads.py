@@ -7,9 +7,10 @@ another, so every fire waits for the hand-over of all those before it. Through
 `run_in_executor` a hand-over builds a concurrent Future (with its Condition), a work item,
 an asyncio wrapper chained to it, and takes a semaphore; a py-spy profile of `serve` at
 1,000 fires/s put half the loop's time there. `start` costs an asyncio future and a queue
-put; when no thread is idle, threads are started by each other, one after another, not by
-the caller; the end of a run is one `call_soon_threadsafe`. `submit` keeps the `Executor`
-interface for callers that want a concurrent future.
+put; when no thread is idle, threads are started by a thread of the pool and then by each
+other, one after another, never by the caller; the end of a run is one
+`call_soon_threadsafe`. `submit` keeps the `Executor` interface for callers that want a
+concurrent future.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ class ThreadPool(concurrent.futures.Executor):
         self._owed = 0
         """Queued calls that no thread is meant for yet."""
         self._spawning = False
+        self._spawn_requests: queue.SimpleQueue[bool | None] | None = None
         self._busy = 0
         self._closed = False
-        self._started: list[threading.Thread] = []
+        self._ended = threading.Condition(self._lock)
 
     def start(self, loop: asyncio.AbstractEventLoop, call: Callable[[], R]) -> asyncio.Future[R]:
         """Run `call` in a thread; its result or exception settles the returned future on
@@ -75,7 +77,6 @@ class ThreadPool(concurrent.futures.Executor):
         with self._lock:
             self._closed = True
             threads = self._threads
-            started = list(self._started)
         if cancel_futures:
             while True:
                 try:
@@ -86,9 +87,11 @@ class ThreadPool(concurrent.futures.Executor):
                     _cancel(item)
         for _ in range(threads):
             self._work.put(None)
+        if self._spawn_requests is not None:
+            self._spawn_requests.put(None)
         if wait:
-            for thread in started:
-                thread.join()
+            with self._ended:
+                self._ended.wait_for(lambda: self._threads == 0)
 
     def _put(self, item: _Item) -> None:
         with self._lock:
@@ -101,12 +104,30 @@ class ThreadPool(concurrent.futures.Executor):
             spawn = self._spawn_needed()
         self._work.put(item)
         if spawn:
+            # Not `_spawn` here: `Thread.start` waits until the new thread runs, which on a
+            # busy machine is tens of milliseconds the event loop would spend waiting.
+            self._spawner().put(True)
+
+    def _spawner(self) -> queue.SimpleQueue[bool | None]:
+        """The queue of the thread that starts threads for callers, started on first use."""
+        with self._lock:
+            if self._spawn_requests is None:
+                self._spawn_requests = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._serve_spawns,
+                    args=(self._spawn_requests,),
+                    name=f"{self._name}-spawner",
+                    daemon=True,
+                ).start()
+            return self._spawn_requests
+
+    def _serve_spawns(self, requests: queue.SimpleQueue[bool | None]) -> None:
+        while requests.get():
             self._spawn()
 
     def _spawn_needed(self) -> bool:
-        """Under the lock: whether to start a thread now. One start at a time, and each new
-        thread starts the next while calls are still owed one: a burst of calls costs the
-        caller (the event loop) one thread start, not one per call."""
+        """Under the lock: whether to start a thread now. One start at a time: the spawner
+        starts the first, and each new thread the next while calls are still owed one."""
         if self._owed and not (self._spawning or self._closed) and self._threads < MAX_THREADS:
             self._spawning = True
             self._threads += 1
@@ -114,10 +135,7 @@ class ThreadPool(concurrent.futures.Executor):
         return False
 
     def _spawn(self) -> None:
-        thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-        with self._lock:
-            self._started.append(thread)
-        thread.start()
+        threading.Thread(target=self._serve, name=self._name, daemon=True).start()
 
     def _serve(self) -> None:
         with self._lock:
@@ -135,7 +153,7 @@ class ThreadPool(concurrent.futures.Executor):
                 self._take_owed_or_idle()
         with self._lock:
             self._threads -= 1
-            self._started.remove(threading.current_thread())
+            self._ended.notify_all()
 
     def _take_owed_or_idle(self) -> None:
         """Under the lock: a free thread takes a call that waits for one, else it is idle."""
