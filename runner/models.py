@@ -406,10 +406,10 @@ def resolve(entry: JobEntry, defaults: JobFields | None) -> Job:
     return _built(values)
 
 
-_JOB_FIELDS = tuple(Job.model_fields)
-_JOB_DEFAULTS: dict[str, Any] = {
-    name: info.default for name, info in Job.model_fields.items() if not info.is_required()
+_JOB_TEMPLATE: dict[str, Any] = {
+    name: None if info.is_required() else info.default for name, info in Job.model_fields.items()
 }
+"""Every field in order with its default; the required ones (id, trigger) are always given."""
 _FRESH_DEFAULTS: dict[str, Callable[[], Any]] = {"args": list, "kwargs": dict, "labels": dict}
 """Mutable defaults: each job gets its own, as validation would give it."""
 _set = object.__setattr__
@@ -418,14 +418,11 @@ _set = object.__setattr__
 def _built(values: dict[str, Any]) -> Job:
     """A Job of already-validated values and the defaults, as `Job.model_construct` makes one
     (which walks the aliases of every field and costs more than validating again)."""
-    data: dict[str, Any] = {}
-    for name in _JOB_FIELDS:
-        if name in values:
-            data[name] = values[name]
-        elif name in _FRESH_DEFAULTS:
-            data[name] = _FRESH_DEFAULTS[name]()
-        else:
-            data[name] = _JOB_DEFAULTS[name]
+    data = dict(_JOB_TEMPLATE)
+    data.update(values)  # keeps the fields' order
+    for name, fresh in _FRESH_DEFAULTS.items():
+        if name not in values:
+            data[name] = fresh()
     job = Job.__new__(Job)
     _set(job, "__dict__", data)
     _set(job, "__pydantic_fields_set__", set(values))
