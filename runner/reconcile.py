@@ -63,14 +63,28 @@ full first)."""
 
 def apply(
     engine: Engine,
-    desired: Sequence[Desired],
+    desired: Sequence[Wanted],
     *,
     dry_run: bool = False,
     prune: bool = True,
     now: datetime | None = None,
+    expand: Callable[[set[str]], Sequence[Wanted]] | None = None,
 ) -> tuple[Plan, bool]:
-    """Returns the plan and whether it was written."""
-    return _apply(engine, lambda stored: desired, dry_run, prune, now, None)
+    """Returns the plan and whether it was written.
+
+    `desired` may hold `Known` jobs only with `expand`, which gives the jobs again with those
+    of the named files full (the ones the store does not hold as they are)."""
+
+    def complete(stored: Mapping[str, Stored]) -> Sequence[Wanted]:
+        known = [w for w in desired if isinstance(w, Known)]
+        files = needs_full(known, stored) if known else set()
+        if not files:
+            return desired
+        if expand is None:
+            raise TypeError("Known jobs the store does not hold, and no way to read them")
+        return expand(files)
+
+    return _apply(engine, complete, dry_run, prune, now, None)
 
 
 def apply_files(
