@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from runner.errors import Problem
 from runner.fileset import FileSet, duplicate_ids
-from runner.plan import Desired
+from runner.plan import Wanted
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    desired: list[Desired]
+    desired: list[Wanted]
     prune: bool
     broken: dict[str, list[Problem]]
     """Every broken file and all of its problems, in file order."""

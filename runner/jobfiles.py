@@ -246,20 +246,28 @@ def _parse_document(
         problems.append(locate(("jobs",), None, "jobs", f"jobs must be a list, found {what}"))
         return [], problems
     defaults = _defaults(document.get("defaults"), locate, problems)
-    # Where each job's own keys are, grouped in one pass (not one scan of the file per job).
-    job_fields: dict[object, dict[str, tuple[int, int]]] = {}
-    for key, where in positions.items():
-        if len(key) == 3 and key[0] == "jobs":
-            job_fields.setdefault(key[1], {})[str(key[2])] = where
     jobs: list[SourcedJob] = []
     problems.extend(_duplicates_in_file(jobs_value, locate))
     for index, item in enumerate(jobs_value):
         job = _job(index, item, defaults, locate, problems)
         if job is not None:
-            path: YamlPath = ("jobs", index)
-            jobs.append(SourcedJob(job, file, locate.line(path), job_fields.get(index, {})))
+            assert isinstance(item, dict)  # a job is only made of a mapping
+            line = locate.line(("jobs", index))
+            jobs.append(SourcedJob(job, file, line, _fields_of(positions, index, item)))
     problems = [p for p in problems if p is not _SUPPRESSED]
     return jobs, problems
+
+
+def _fields_of(
+    positions: Positions, index: int, item: dict[str, Any]
+) -> dict[str, tuple[int, int]]:
+    """Where each key of job `index` is written (keys merged in with `<<` included)."""
+    fields = {}
+    for name in item:
+        where = positions.get(("jobs", index, name))
+        if where is not None:
+            fields[name] = where
+    return fields
 
 
 def _defaults(raw: object, locate: _Locator, problems: list[Problem]) -> models.JobFields | None:
@@ -303,7 +311,7 @@ def _job(
         problems.append(locate(base, job_name, None, "each job must be a mapping"))
         return None
     try:
-        entry = models.JobEntry.model_validate(item)
+        entry = models.JobEntry.model_validate(_with_known_parts(item))
     except ValidationError as exc:
         problems.extend(_from_pydantic(exc, base, job_name, locate, models.JobEntry))
         return None
@@ -315,10 +323,46 @@ def _job(
     forbidden = [
         locate((*base, field), job_name, field, str(interpolate.ForbiddenVariable(name)))
         for field, value in (("args", job.args), ("kwargs", job.kwargs))
+        if value and _OWN_REFERENCE in repr(value)  # every string in it shows in its repr
         for name in interpolate.own_settings_named(value)
     ]
     problems.extend(forbidden)
     return None if forbidden else job
+
+
+_OWN_REFERENCE = "${" + interpolate.OWN_PREFIX
+
+_PARTS: dict[str, type[BaseModel]] = {"trigger": models.Trigger, "retries": models.Retries}
+_known_parts: dict[tuple[str, str], BaseModel] = {}
+"""Valid triggers and retry policies already read, by field and `repr` of the mapping as
+written. Many jobs share one (every job `@daily`), so each is validated once; the frozen model
+is shared by those jobs. A mapping from YAML holds only str, int, float, bool, None, lists
+and mappings, whose repr tells every such value from every other."""
+MAX_KNOWN_PARTS = 20_000
+
+
+def _with_known_parts(item: dict[str, Any]) -> dict[str, Any]:
+    """`item` with its trigger and retries replaced by their validated models when they are
+    valid. An invalid one is left as written, so validating the job reports it in place."""
+    replaced: dict[str, Any] | None = None
+    for name, model in _PARTS.items():
+        raw = item.get(name)
+        if type(raw) is not dict:
+            continue
+        key = (name, repr(raw))
+        part = _known_parts.get(key)
+        if part is None:
+            try:
+                part = model.model_validate(raw)
+            except ValidationError:
+                continue
+            if len(_known_parts) >= MAX_KNOWN_PARTS:
+                _known_parts.clear()
+            _known_parts[key] = part
+        if replaced is None:
+            replaced = dict(item)
+        replaced[name] = part
+    return item if replaced is None else replaced
 
 
 def _message(exc: Exception) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from runner import jobstate, triggers, unchanged
 from runner.errors import InvalidJobFiles, StoreError
+from runner.models import Trigger
 from runner.plan import Desired, Known, Plan, Stored, Wanted, compute, needs_full, spec_text
 from runner.store import bulk, migrate, tables
 from runner.store.batches import chunks
@@ -63,14 +64,28 @@ full first)."""
 
 def apply(
     engine: Engine,
-    desired: Sequence[Desired],
+    desired: Sequence[Wanted],
     *,
     dry_run: bool = False,
     prune: bool = True,
     now: datetime | None = None,
+    expand: Callable[[set[str]], Sequence[Wanted]] | None = None,
 ) -> tuple[Plan, bool]:
-    """Returns the plan and whether it was written."""
-    return _apply(engine, lambda stored: desired, dry_run, prune, now, None)
+    """Returns the plan and whether it was written.
+
+    `desired` may hold `Known` jobs only with `expand`, which gives the jobs again with those
+    of the named files full (the ones the store does not hold as they are)."""
+
+    def complete(stored: Mapping[str, Stored]) -> Sequence[Wanted]:
+        known = [w for w in desired if isinstance(w, Known)]
+        files = needs_full(known, stored) if known else set()
+        if not files:
+            return desired
+        if expand is None:
+            raise TypeError("Known jobs the store does not hold, and no way to read them")
+        return expand(files)
+
+    return _apply(engine, complete, dry_run, prune, now, None)
 
 
 def apply_files(
@@ -210,7 +225,8 @@ def insert_new(conn: Connection, wants: Sequence[Desired], now: datetime, by: st
     """Store jobs that are not stored yet: both rows, scheduled from `now`."""
     refuse_foreign(conn, [w.sourced.job.id for w in wants])
     bulk.insert(conn, tables.runner_jobs, [owned_row(w, now, by) for w in wants])
-    bulk.insert(conn, tables.apscheduler_jobs, [fresh_row(w, now, None) for w in wants])
+    built: Built = {}
+    bulk.insert(conn, tables.apscheduler_jobs, [fresh_row(w, now, None, built) for w in wants])
 
 
 def _write(conn: Connection, plan: Plan, desired: Sequence[Wanted], now: datetime) -> None:
@@ -255,14 +271,27 @@ def _effective_paused(want: Desired, override: bool | None) -> bool:
     return override if override is not None else want.sourced.job.paused
 
 
-def fresh_row(want: Desired, now: datetime, override: bool | None) -> dict[str, Any]:
+Built = dict[tuple[Trigger, str], tuple[Any, datetime | None]]
+"""Triggers built for one `now`, with their first fire, by trigger spec and zone."""
+
+
+def fresh_row(
+    want: Desired, now: datetime, override: bool | None, built: Built | None = None
+) -> dict[str, Any]:
+    """`built` shares one trigger (and its first fire) among the jobs of one write whose
+    trigger and zone are equal: a trigger depends on nothing else, and is pickled into each
+    row as it is. Not with jitter, whose draw is each job's own."""
     job = want.sourced.job
-    trigger = triggers.build(job, now=now.astimezone(ZoneInfo(job.zone)))
-    next_run = (
-        None
-        if _effective_paused(want, override)
-        else trigger.get_next_fire_time(None, now.astimezone(ZoneInfo(job.zone)))
-    )
+    local_now = now.astimezone(ZoneInfo(job.zone))
+    shared = built if built is not None and job.trigger.jitter is None else {}
+    key = (job.trigger, job.zone)
+    if key in shared:
+        trigger, first = shared[key]
+    else:
+        trigger = triggers.build(job, now=local_now)
+        first = trigger.get_next_fire_time(None, local_now)
+        shared[key] = (trigger, first)
+    next_run = None if _effective_paused(want, override) else first
     # A one-off whose time had passed beyond its misfire grace before it was ever applied
     # never runs and is not "missed": in a repository it is usually one that already ran.
     stale = next_run is not None and (now - next_run).total_seconds() > job.misfire_grace_time

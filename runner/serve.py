@@ -20,7 +20,7 @@ from typing import Any
 import watchfiles
 from sqlalchemy import Engine
 
-from runner import fileproblems, history, hotreload, jobfiles, metrics, reconcile
+from runner import fileproblems, history, hotreload, jobfiles, metrics, reconcile, unchanged
 from runner.errors import InvalidJobFiles, StoreError
 from runner.execute import Fire, retries_of
 from runner.executors.procrastinate import ProcrastinateExecutor, ensure_schema
@@ -56,7 +56,7 @@ class Server:
         self.engine: Engine = connect(options.db_url)
         self.stopping = threading.Event()
         self.aborting = threading.Event()
-        self.files = FileSet(list(options.paths))
+        self.files = FileSet(list(options.paths), memo=lambda: unchanged.read_soon(self.engine))
         self.writer = history.Writer(self.engine, self.node)
         self.runtime: Runtime | ProcrastinateExecutor
         if options.executor == "procrastinate":
@@ -112,7 +112,10 @@ class Server:
                     log.error("not applying anything: %s", problem)
                 return
             try:
-                plan, applied = reconcile.apply(self.engine, decision.desired, prune=decision.prune)
+                plan, applied = reconcile.apply(
+                    self.engine, decision.desired, prune=decision.prune, expand=self.files.expanded
+                )
+                self.files.compact()
                 wrote = time.perf_counter()
             except StoreError as exc:
                 metrics.reconciled(False)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,18 @@ def read(engine: Engine) -> Memo:
             return {row.file: Entry.from_row(*row[1:]) for row in rows}
     except Exception:  # the memo only saves time; it never decides an outcome
         return {}
+
+
+def read_soon(engine: Engine, timeout: float = 5.0) -> Memo:
+    """`read`, or nothing if the database does not answer within `timeout` seconds: `serve`
+    checks its files before it waits for the database, and must not wait here either."""
+    found: list[Memo] = []
+    reader = threading.Thread(
+        target=lambda: found.append(read(engine)), name="runner-memo", daemon=True
+    )
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else {}
 
 
 def write(conn: Connection, entries: Mapping[str, Entry], before: Mapping[str, Entry]) -> None:

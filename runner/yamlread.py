@@ -253,7 +253,13 @@ class _Reader:
         while type(event) is not _MappingEnd:
             if self._built > MAX_VALUES:
                 raise self._too_many(event, path)
-            key, tag = self._key(event, path)
+            if type(event) is _ScalarEvent and event.anchor is None:  # the usual key
+                key = event.value
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = _PLAIN if event.implicit[0] else _STR
+            else:
+                key, tag = self._key(event, path)
             if key == "<<" and tag in (_PLAIN, _MERGE):
                 self._merge(next_event(), result, explicit, path)
             else:
@@ -269,7 +275,14 @@ class _Reader:
                 explicit.add(key)
                 if type(value_event) is _ScalarEvent and value_event.anchor is None:
                     self._built += 1
-                    result[key] = self._scalar(value_event, child)
+                    if value_event.tag is None and value_event.implicit[0]:  # plain
+                        text = value_event.value
+                        if text and text[0] not in _NUMBER_START and len(text) > 5:
+                            result[key] = text  # a word no YAML 1.1 or 1.2 rule resolves
+                        else:
+                            result[key] = self._scalar(value_event, child)
+                    else:
+                        result[key] = self._scalar(value_event, child)
                 else:
                     result[key] = self._node(value_event, child)
                 # Point at the key: for block values the value starts on a later line.
