@@ -105,8 +105,15 @@ def tick_jobs(count: int, **fields: str) -> str:
     )
 
 
-def assert_each_fire_ran_once(cluster: Cluster, job_ids: list[str]) -> None:
-    """Every fire of every job ran exactly once: calls match runs, and no fire repeats."""
+def assert_each_fire_ran_once(
+    cluster: Cluster, job_ids: list[str], killed: str | None = None
+) -> None:
+    """Every fire of every job ran at most once: calls match runs, and no fire repeats.
+
+    `killed` names (by pid) a node that was SIGKILLed: a run of it that the target had
+    already completed may have died before its success was written, so it is recorded
+    `interrupted` though its call happened; such runs may count as calls, no other.
+    """
     rows = cluster.history.runs()
     calls = collections.Counter(c["label"] for c in cluster.calls.named("tick"))
     by_job: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -117,8 +124,12 @@ def assert_each_fire_ran_once(cluster: Cluster, job_ids: list[str]) -> None:
         fires = [r["scheduled_at"] for r in runs if r["attempt"] == 1]
         assert len(fires) == len(set(fires)), f"{job_id}: a fire was recorded twice"
         succeeded = [r for r in runs if r["status"] == "succeeded"]
-        assert calls[job_id] == len(succeeded), (
+        cut_short = [
+            r for r in runs if r["status"] == "interrupted" and killed and killed in r["node"]
+        ]
+        assert len(succeeded) <= calls[job_id] <= len(succeeded) + len(cut_short), (
             f"{job_id}: {calls[job_id]} calls but {len(succeeded)} succeeded runs"
+            f" and {len(cut_short)} interrupted by the kill"
         )
 
 
@@ -207,7 +218,7 @@ def test_sigkill_of_the_leader_fails_over_fast_and_closes_its_run(cluster: Clust
     for proc in cluster.procs:
         if proc is not leader:
             assert proc.stop(40) == 0
-    assert_each_fire_ran_once(cluster, [f"t{i:02d}" for i in range(5)])
+    assert_each_fire_ran_once(cluster, [f"t{i:02d}" for i in range(5)], killed=str(killed_pid))
     assert not [r for r in cluster.history.runs() if r["status"] == "running"]
 
 
