@@ -155,8 +155,8 @@ class ProcessPool:
         self.max_tasks = max_tasks
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
-        self._starting = 0
         self._warming: set[asyncio.Task[None]] = set()
+        """Children being started to wait idle (not those a call starts for itself)."""
         self._booting: set[_Child] = set()
         """Started, not yet ready: `close` must find them too."""
         self._suspects: dict[str, None] = {}
@@ -211,15 +211,12 @@ class ProcessPool:
     async def _start(self, nice: int = 0) -> _Child:
         """A child that has booted: its start never counts against a call's timeout. Only
         the fork and exec use a helper thread; children boot in parallel."""
-        self._starting += 1
         started = _HELPERS.submit(self._start_blocking, nice)
         try:
             child = await asyncio.wrap_future(started)
         except asyncio.CancelledError:
             started.add_done_callback(_discard)  # in the helper thread, loop or no loop
             raise
-        finally:
-            self._starting -= 1
         if self._closed:
             self._retire(child)
             raise RuntimeError("the process pool is closed")
@@ -242,10 +239,14 @@ class ProcessPool:
         return child
 
     def prewarm(self) -> None:
-        """On the loop: start children until `warm` are idle or starting."""
+        """On the loop: start children until `warm` are idle or being started to be.
+
+        Counted by the warming tasks, which exist from the moment they are made: calls that
+        each take a child in one burst must not each start `warm` more (10 calls at once
+        left 19 children), and a child a call starts for itself goes to that call."""
         if self._closed:
             return
-        for _ in range(self.warm - len(self._idle) - self._starting):
+        for _ in range(self.warm - len(self._idle) - len(self._warming)):
             task = asyncio.get_running_loop().create_task(self._add_idle())
             self._warming.add(task)
             task.add_done_callback(self._warming.discard)

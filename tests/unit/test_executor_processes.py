@@ -73,6 +73,39 @@ def test_well_behaved_calls_reuse_a_warm_child_and_see_the_callers_environment(
     assert recorded[0]["pid"] != os.getpid()
 
 
+def test_a_burst_of_calls_starts_one_child_per_call_beyond_the_warm_ones(tmp_path: Path) -> None:
+    """Each call of a burst that finds no idle child starts its own; the pool tops the idle
+    ones up to `warm` once, not once per call (that left 19 children after 10 calls)."""
+    calls = tmp_path / "calls.jsonl"
+    env = {"SAMPLEAPP_CALLS": str(calls)}
+    burst, warm = 8, 2
+
+    async def main() -> int:
+        pool = ProcessPool(warm=warm)
+        try:
+            pool.prewarm()
+            deadline = time.monotonic() + 30
+            while len(pool._idle) < warm:
+                assert time.monotonic() < deadline, "the warm children did not start"
+                await asyncio.sleep(0.02)
+            target = "sampleapp.jobs:slow"
+            await asyncio.gather(
+                *(pool.call(target, PREFIXES, [0.5], {}, 30, env) for _ in range(burst))
+            )
+            deadline = time.monotonic() + 30
+            while pool._warming:  # the top-up started during the burst has finished
+                assert time.monotonic() < deadline, "the top-up did not finish"
+                await asyncio.sleep(0.02)
+            return pool.size
+        finally:
+            pool.close()
+
+    size = asyncio.run(main())
+    starts = [c for c in calls_of(calls) if c["name"] == "slow_start"]
+    assert len({c["pid"] for c in starts}) == burst  # all ran at once, each in a child
+    assert size == burst + warm
+
+
 def test_a_killed_jobs_next_call_gets_a_new_process_of_its_own(tmp_path: Path) -> None:
     calls = tmp_path / "calls.jsonl"
     env = {"SAMPLEAPP_CALLS": str(calls)}
