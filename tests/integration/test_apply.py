@@ -60,11 +60,7 @@ jobs:
 BASE_IDS = ["once", "report", "sleeper", "ticker"]
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNNER_ALLOWED_TARGETS", "sampleapp")
-    for name in ("RUNNER_DATABASE_URL", "RUNNER_JOBS", "RUNNER_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("sampleapp_only")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runner import jobfiles, reconcile, unchanged
+from runner import reconcile, unchanged
 from runner import validate as validating
 from runner.errors import InvalidJobFiles
 from runner.plan import Desired
@@ -47,25 +47,7 @@ jobs:
 """
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNNER_ALLOWED_TARGETS", "sampleapp")
-    for name in ("RUNNER_DATABASE_URL", "RUNNER_JOBS", "RUNNER_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files read in full (parsed), in order, by anything in this test."""
-    seen: list[str] = []
-    real = jobfiles.parse_file
-
-    def counting(file: str, data: bytes) -> Any:
-        seen.append(Path(file).name)
-        return real(file, data)
-
-    monkeypatch.setattr(jobfiles, "parse_file", counting)
-    return seen
+pytestmark = pytest.mark.usefixtures("sampleapp_only")
 
 
 @pytest.fixture

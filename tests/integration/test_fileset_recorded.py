@@ -13,12 +13,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from runner import hotreload, jobfiles, reconcile, unchanged
+from runner import hotreload, reconcile, unchanged
 from runner import validate as validating
 from runner.fileset import FileSet
 from runner.plan import Desired, Known, Plan
@@ -46,24 +45,7 @@ jobs:
 IDS = ["report", "sleeper", "ticker"]
 
 
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNNER_ALLOWED_TARGETS", "sampleapp")
-    for name in ("RUNNER_DATABASE_URL", "RUNNER_JOBS", "RUNNER_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    real = jobfiles.parse_file
-
-    def counting(file: str, data: bytes) -> Any:
-        seen.append(Path(file).name)
-        return real(file, data)
-
-    monkeypatch.setattr(jobfiles, "parse_file", counting)
-    return seen
+pytestmark = pytest.mark.usefixtures("sampleapp_only")
 
 
 @pytest.fixture
