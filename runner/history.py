@@ -24,6 +24,7 @@ from runner import interpolate, metrics
 from runner.errors import printable
 from runner.execute import Fire, Outcome, Status
 from runner.store import tables
+from runner.store.engine import end_if_frozen
 
 log = logging.getLogger("runner.history")
 runs = tables.runner_runs
@@ -342,6 +343,7 @@ class Writer:
                 pending.append(self._ops.popleft())
             try:
                 with self.engine.begin() as conn:
+                    end_if_frozen(conn)
                     self._write(conn, pending)
                 pending = []
                 backoff = 0.1

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, and_, bindparam, exists, select, update
 from runner import jobstate
 from runner.store import tables
 from runner.store.batches import chunks
-from runner.store.engine import READ_ONLY
+from runner.store.engine import READ_ONLY, end_if_frozen
 
 log = logging.getLogger("runner.jobstore")
 
@@ -449,6 +449,7 @@ class RunnerJobStore(BaseJobStore):  # type: ignore[misc]
         )
         try:
             with self.engine.begin() as conn:
+                end_if_frozen(conn)
                 conn.execute(
                     update(aps)
                     .where(aps.c.id == bindparam("b_id"), same_spec)

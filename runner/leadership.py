@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from runner.errors import RunnerError
 from runner.history import as_utc
 from runner.store import tables
-from runner.store.engine import is_postgres
+from runner.store.engine import end_if_frozen, is_postgres
 
 log = logging.getLogger("runner.leadership")
 
@@ -120,6 +120,7 @@ class Leadership:
                 log.info("leading (single node on SQLite)")
             return True
         with self.engine.begin() as conn:
+            end_if_frozen(conn)
             term = conn.execute(_ACQUIRE, {"me": self.node, "ttl": LEASE_SECONDS}).scalar()
         if term is None:
             if self.term is not None:

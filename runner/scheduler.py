@@ -39,6 +39,7 @@ from runner.executors.base import Executor
 from runner.executors.procrastinate import Handover
 from runner.jobstore import RunnerJobStore, same_trigger
 from runner.runtime import SKIP_REASON
+from runner.store.engine import end_if_frozen
 
 log = logging.getLogger("runner.scheduler")
 
@@ -173,6 +174,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         if claims or marks:
             # Record before advancing: if this fails, the jobs stay due and the pass is retried.
             with conn.begin():
+                end_if_frozen(conn)
                 status = Status.QUEUED if hand_over is not None else Status.RUNNING
                 won = history.claim(conn, claims, self.node, status)
                 history.mark(conn, marks, self.node)

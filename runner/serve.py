@@ -29,7 +29,14 @@ from runner.leadership import RENEW_EVERY, Leadership, stale_nodes
 from runner.runtime import Runtime
 from runner.scheduler import LOOKAHEAD, RunnerScheduler
 from runner.store import migrate
-from runner.store.engine import READ_ONLY, connect, describe_failure, is_postgres, masked
+from runner.store.engine import (
+    READ_ONLY,
+    connect,
+    describe_failure,
+    end_if_frozen,
+    is_postgres,
+    masked,
+)
 
 log = logging.getLogger("runner.serve")
 
@@ -330,6 +337,7 @@ class Server:
         """Runs left `running` by a node that stopped heartbeating are closed as interrupted;
         the job's retry policy then decides whether the fire runs again, here."""
         with self.engine.begin() as conn:
+            end_if_frozen(conn)
             stale = stale_nodes(conn, self.node)
             closed = (
                 history.close_interrupted(conn, stale, "the node running it stopped or died")

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine
 
 from runner.executors.base import Fire
 from runner.leadership import NODE_STALE_SECONDS
+from runner.store.engine import end_if_frozen
 
 log = logging.getLogger("runner.executors.procrastinate")
 
@@ -245,6 +246,7 @@ class ProcrastinateExecutor:
         """What the leader decides about handed-over attempts; one transaction."""
         now = now or datetime.now(UTC)
         with conn.begin():
+            end_if_frozen(conn)
             self._close_dead(conn, now)
             self._miss_late(conn, lookup, now)
             marks = self._retry(conn, lookup, now)

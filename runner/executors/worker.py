@@ -35,7 +35,7 @@ from runner.executors.procrastinate import PERMANENT, TASK_NAME, WORKER_SUFFIX, 
 from runner.executors.threads import ThreadPool
 from runner.leadership import Leadership
 from runner.store import migrate
-from runner.store.engine import connect, is_postgres
+from runner.store.engine import connect, end_if_frozen, is_postgres
 
 log = logging.getLogger("runner.worker")
 
@@ -103,11 +103,13 @@ class Worker:
 
     def _start(self, fire: Fire, number: int, at: datetime) -> bool:
         with self.engine.begin() as conn:
+            end_if_frozen(conn)
             row = conn.exec_driver_sql(_START, {**self._key(fire, number), "at": at}).first()
         return row is not None
 
     def _miss(self, fire: Fire, number: int, reason: str) -> None:
         with self.engine.begin() as conn:
+            end_if_frozen(conn)
             conn.exec_driver_sql(
                 _MISS, {**self._key(fire, number), "at": datetime.now(UTC), "error": reason}
             )
@@ -126,6 +128,7 @@ class Worker:
         for pause in (0.1, 0.5, 1.0, 2.0, 5.0, 0.0):
             try:
                 with self.engine.begin() as conn:
+                    end_if_frozen(conn)
                     conn.exec_driver_sql(_FINISH, values)
                 return
             except Exception as exc:  # the database away for a moment: try again

@@ -86,6 +86,27 @@ def connect(url: str, **options: Any) -> Engine:
     return engine
 
 
+FROZEN_HOLD_LIMIT = 2.0
+"""Longest a serving node or worker may sit silent inside a transaction that locks rows other
+nodes write. Below the 3 s lease, so a leader frozen mid-renewal frees the lease row before its
+lease could be taken over."""
+
+
+def end_if_frozen(conn: Any, seconds: float = FROZEN_HOLD_LIMIT) -> None:
+    """Have PostgreSQL end this transaction if its client goes silent inside it for `seconds`.
+
+    A process stopped between a statement and its COMMIT (SIGSTOP, a paused VM, a starved
+    host) keeps the rows it wrote locked for as long as it is stopped; another node writing
+    the same rows (the lease, a claim, a next run time) would wait that long. The server then
+    closes the session, the transaction rolls back, and the frozen process gets an error when
+    it resumes instead of committing late. No effect on SQLite, where there is one node.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
+        )
+
+
 def _make_private(database: str | None) -> None:
     """A SQLite file the runner has just created is made readable by its owner only (its WAL
     files take the same mode): it holds the run history, whose errors quote what jobs saw."""

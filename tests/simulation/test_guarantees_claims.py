@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import event, insert, update
 
 from runner import history
 from runner.execute import Fire, Status
@@ -127,6 +127,61 @@ def test_two_nodes_passing_at_the_same_moment_still_hand_each_fire_over_once(
     )
     assert handed == _expected(NOON + 29 * 10 * SECOND)
     assert Counter((r["job_id"], r["scheduled_at"]) for r in rows) == handed
+
+
+@pytest.mark.postgres
+def test_a_node_frozen_before_its_claim_commits_does_not_hold_the_fires(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A node stopped between its claim's INSERT and COMMIT holds those rows' unique-key
+    locks; the server ends its transaction, so another node claims and runs the fires."""
+    a, b = _replicas(pg_url, tmp_path)
+    freeze, frozen, thaw = threading.Event(), threading.Event(), threading.Event()
+
+    @event.listens_for(a.engine, "before_cursor_execute")
+    def _note_claim(conn: Any, _c: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO RUNNER_RUNS"):
+            conn.info["claimed"] = True
+
+    @event.listens_for(a.engine, "commit")
+    def _stop_before_commit(conn: Any) -> None:
+        claimed = conn.info.pop("claimed", False)
+        if claimed and freeze.is_set() and threading.current_thread().name == "frozen-pass":
+            frozen.set()
+            thaw.wait(60)
+
+    failure: list[BaseException] = []
+
+    def frozen_pass() -> None:
+        try:
+            a.scheduler._process_jobs()
+        except BaseException as exc:
+            failure.append(exc)
+
+    try:
+        a.clock.set(NOON)
+        b.clock.set(NOON)
+        freeze.set()
+        stuck = threading.Thread(target=frozen_pass, name="frozen-pass", daemon=True)
+        stuck.start()
+        assert frozen.wait(30), "node A reached its claim's commit"
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                pool.submit(b.run_pass).result(timeout=30)
+            finally:
+                thaw.set()
+                stuck.join(30)
+        assert not stuck.is_alive()
+        assert a.scheduler.last_pass_error is not None or failure, "the late commit failed"
+        rows = b.rows()
+    finally:
+        a.close()
+        b.close()
+    assert not a.executions.handed, "the frozen node's claim never counted"
+    assert Counter((h.job_id, h.scheduled_at) for h in b.executions.handed) == _expected(NOON)
+    assert {(r["job_id"], r["scheduled_at"], r["node"]) for r in rows} == {
+        (job, NOON, "node-b") for job in ("each", "also", "merged")
+    }
 
 
 # --- claims ahead never past the lease --------------------------------------------------------

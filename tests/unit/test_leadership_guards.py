@@ -8,12 +8,13 @@ stops starting runs `SAFETY` seconds before its lease could expire. On SQLite a 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
 
 from runner.leadership import (
     MANUAL_SUFFIX,
@@ -96,6 +97,58 @@ def test_a_standby_takes_over_an_expired_lease(pg_engine: Engine) -> None:
     assert standby.renew() and standby.term == 2
     assert not frozen.renew(), "back from the freeze, the old leader stands by"
     assert not frozen.may_start()
+
+
+@pytest.mark.postgres
+def test_a_leader_frozen_inside_its_renewal_does_not_keep_the_lease_row_locked(
+    pg_url: str, pg_engine: Engine
+) -> None:
+    """A process stopped (SIGSTOP, a paused VM) after its renewal's UPDATE and before its
+    COMMIT holds the lease row's lock. The server must end that transaction, or no standby
+    can take over until the frozen process resumes."""
+    frozen_engine = connect(pg_url)
+    try:
+        frozen, standby = Leadership(frozen_engine, "frozen"), Leadership(pg_engine, "standby")
+        frozen.prepare()
+        standby.prepare()
+        assert frozen.renew()
+        freeze, thaw = threading.Event(), threading.Event()
+
+        @event.listens_for(frozen_engine, "commit")
+        def _stop_before_commit(_conn: object) -> None:
+            if freeze.is_set():
+                thaw.wait(60)
+
+        freeze.set()
+        outcome: list[object] = []
+
+        def renew_frozen() -> None:
+            try:
+                outcome.append(frozen.renew())
+            except Exception as exc:
+                outcome.append(exc)
+
+        stuck = threading.Thread(target=renew_frozen, daemon=True)
+        stuck.start()
+        took_over = threading.Event()
+
+        def stand_by() -> None:
+            while not took_over.is_set() and not thaw.is_set():
+                if standby.renew():
+                    took_over.set()
+                time.sleep(0.1)
+
+        threading.Thread(target=stand_by, daemon=True).start()
+        try:
+            assert took_over.wait(30), "the standby never got past the frozen leader's lock"
+        finally:
+            thaw.set()
+            stuck.join(30)
+        assert standby.term == 2 and _lease(pg_engine) == ("standby", 2)
+        assert outcome and outcome[0] is not True, "the frozen renewal must not count"
+        assert not frozen.may_start()
+    finally:
+        frozen_engine.dispose()
 
 
 def test_a_confirmed_lease_is_trusted_for_less_than_its_length(any_engine: Engine) -> None:
