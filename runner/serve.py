@@ -317,9 +317,19 @@ class Server:
                     describe_failure(exc, self.options.db_url),
                 )
                 leading = False
-            metrics.set_leader(leading)
             if leading and not was_leading:
-                self._on_gain()
+                try:
+                    self._on_gain()
+                except Exception as exc:
+                    # Not leading until the store is taken up: the next round, still holding
+                    # the lease, counts as a gain again and retries it.
+                    self.leadership.lose()
+                    leading = False
+                    log.warning(
+                        "could not take up leadership (%s); retrying",
+                        describe_failure(exc, self.options.db_url),
+                    )
+            metrics.set_leader(leading)
             if leading and time.monotonic() >= sweep_due:
                 sweep_due = time.monotonic() + 1.0
                 try:

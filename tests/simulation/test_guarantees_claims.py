@@ -354,3 +354,41 @@ def test_close_interrupted_closes_only_the_nodes_it_is_given(sim_url: str, tmp_p
     assert {r["status"] for r in rows} == {Status.INTERRUPTED}
     assert [r["error"] for r in rows if r["node"] == "n1"] == ["why", "why"]
     assert {r["error"] for r in rows if r["node"] != "n1"} == {"node stopped"}
+
+
+@pytest.mark.postgres
+def test_a_failed_take_up_of_leadership_is_retried(pg_url: str, tmp_path: Path) -> None:
+    """Gaining the lease means taking up the store the previous leader advanced; if that
+    fails (the database away for a moment), the lease loop must try again, not carry on
+    leading from its stale copy."""
+    sim = Sim(pg_url, [write_jobs(tmp_path / "jobs.yaml", [_job("j", "* * * * *")])], NOON)
+    gains: list[bool] = []
+    stopping = threading.Event()
+    leadership = Leadership(sim.engine, "node-a")
+    leadership.prepare()
+
+    def on_gain() -> None:
+        gains.append(leadership.may_start())
+        if len(gains) == 1:
+            raise RuntimeError("the database went away")
+        stopping.set()
+
+    node = SimpleNamespace(
+        stopping=stopping,
+        leadership=leadership,
+        options=SimpleNamespace(db_url=pg_url),
+        _on_gain=on_gain,
+        _close_runs_of_dead_nodes=lambda: None,
+    )
+    server = cast(Server, node)
+    guarded = Server._guard(server, "runner-lease", lambda: Server._lease_loop(server))
+    loop = threading.Thread(target=guarded, daemon=True)
+    try:
+        loop.start()
+        loop.join(30)
+        assert not loop.is_alive(), "the take-up was never retried"
+        assert gains == [True, True], "taken up once more, under the same lease"
+        assert leadership.term == 1
+    finally:
+        stopping.set()
+        sim.close()
