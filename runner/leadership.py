@@ -47,6 +47,16 @@ _ACQUIRE = text(
 )
 
 
+_CONFIRM = text(
+    """
+    UPDATE runner_lease SET lease_until = now() + make_interval(secs => :ttl)
+    WHERE name = 'scheduler' AND holder = :me AND term = :term
+    RETURNING term
+    """
+)
+"""Keep the lease only if this node has held it all along: the same term, never taken over."""
+
+
 class AnotherNodeRunning(RunnerError):
     pass
 
@@ -69,6 +79,36 @@ class Leadership:
     @property
     def leading(self) -> bool:
         return self.may_start()
+
+    def still_leading(self) -> bool:
+        """`may_start`, or else confirmed with the database under the same term.
+
+        For fires already claimed, at their time: a node whose lease loop was starved past
+        its own margin (a loaded host) but that nobody replaced still leads, and dropping
+        its claimed fires would lose them. It never takes the lease up again: a new term
+        means another node may have led meanwhile, and a gain is the lease loop's to handle.
+        """
+        if self.may_start():
+            return True
+        term = self.term
+        if term is None or not is_postgres(self.engine):
+            return False
+        asked_at = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                end_if_frozen(conn)
+                confirmed = conn.execute(
+                    _CONFIRM, {"me": self.node, "term": term, "ttl": LEASE_SECONDS}
+                ).scalar()
+        except Exception as exc:
+            log.warning("cannot confirm leadership: %s", str(exc).splitlines()[0])
+            return False
+        with self._lock:
+            if confirmed is None or self.term != term:
+                return False
+            self._valid_until = max(self._valid_until, asked_at + LEASE_SECONDS - SAFETY)
+        log.info("leadership confirmed late (term %d)", term)
+        return True
 
     def prepare(self) -> None:
         """Create the lease row; on SQLite refuse to run beside a live node."""

@@ -76,6 +76,7 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         runtime: Executor,
         node: str,
         may_start: Callable[[], bool] = lambda: True,
+        still_leading: Callable[[], bool] | None = None,
         flush_every: float = FLUSH_EVERY,
         lease_left: Callable[[], float] = lambda: float("inf"),
         lookahead: float = LOOKAHEAD,
@@ -101,7 +102,8 @@ class RunnerScheduler(BackgroundScheduler):  # type: ignore[misc]
         """Trigger of each fire claimed ahead, as it was when claimed."""
         self._ahead_lock = threading.Lock()
         runtime.vet = self._vet
-        runtime.may_start = may_start
+        # Checked when fires already claimed come due: may confirm with the database.
+        runtime.may_start = still_leading or may_start
         self._flushed_at = 0.0
 
     def _process_jobs(self) -> float:

@@ -78,6 +78,7 @@ class Server:
             self.runtime,
             self.node,
             self.leadership.may_start,
+            still_leading=self.leadership.still_leading,
             lease_left=self.leadership.valid_for,
             # Handed over when due, so a worker is woken at once rather than at its next poll.
             lookahead=0.0 if isinstance(self.runtime, ProcrastinateExecutor) else LOOKAHEAD,

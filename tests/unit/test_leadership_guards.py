@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,6 +149,36 @@ def test_a_leader_frozen_inside_its_renewal_does_not_keep_the_lease_row_locked(
         assert not frozen.may_start()
     finally:
         frozen_engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_starved_leader_nobody_replaced_still_leads_and_a_replaced_one_does_not(
+    pg_engine: Engine,
+) -> None:
+    """Fires claimed ahead come due on a node whose lease loop may have been starved: it
+    may start them only if the database shows it has held the lease under the same term."""
+    leader, standby = Leadership(pg_engine, "node-a"), Leadership(pg_engine, "node-b")
+    leader.prepare()
+    standby.prepare()
+    assert leader.renew() and leader.term == 1
+    _wait(lambda: not leader.may_start(), "the leader's own margin to run out")
+    assert leader.still_leading(), "nobody took over: same term, it still leads"
+    assert leader.may_start() and leader.term == 1 and _lease(pg_engine) == ("node-a", 1)
+    _wait(lambda: not leader.may_start(), "the margin to run out again")
+    lease = tables.runner_lease
+    with pg_engine.begin() as conn:  # and this time the lease runs out in database time
+        conn.execute(update(lease).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+    assert standby.renew() and standby.term == 2
+    assert not leader.still_leading(), "another node led meanwhile"
+    assert not leader.may_start()
+    assert _lease(pg_engine) == ("node-b", 2), "confirming never takes the lease back"
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_a_confirmed_lease_is_trusted_for_less_than_its_length(any_engine: Engine) -> None:
