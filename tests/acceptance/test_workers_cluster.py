@@ -227,10 +227,12 @@ def test_replicas_hand_every_fire_to_workers_once(cluster: Cluster) -> None:
 
 
 def test_sigkill_of_a_worker_mid_run_is_interrupted_and_retried(cluster: Cluster) -> None:
+    # The first fire at `start`, soon after serve applies the file, not a whole interval later.
+    soon = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
     (cluster.jobs / "jobs.yaml").write_text(
         job_file(
             "id: long, target: 'sampleapp.jobs:slow', kwargs: {seconds: 8, label: long}, "
-            "trigger: {interval: 30}, retries: {max_attempts: 2, delay: 1}"
+            f"trigger: {{interval: 30, start: '{soon}'}}, retries: {{max_attempts: 2, delay: 1}}"
         )
     )
     workers = [cluster.worker("--concurrency", "1") for _ in range(2)]
@@ -327,12 +329,14 @@ def test_a_fire_nobody_takes_within_its_grace_is_missed_and_never_starts(
 def test_sigterm_gives_running_attempts_the_grace_then_records_them_interrupted(
     cluster: Cluster,
 ) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
     (cluster.jobs / "jobs.yaml").write_text(
         job_file(
             "id: with-timeout, target: 'sampleapp.jobs:slow', "
-            "kwargs: {seconds: 3600, label: a}, trigger: {interval: 60}, timeout: 1h",
+            f"kwargs: {{seconds: 3600, label: a}}, trigger: {{interval: 60, start: '{soon}'}}, "
+            "timeout: 1h",
             "id: no-timeout, target: 'sampleapp.jobs:slow', "
-            "kwargs: {seconds: 3600, label: b}, trigger: {interval: 60}",
+            f"kwargs: {{seconds: 3600, label: b}}, trigger: {{interval: 60, start: '{soon}'}}",
         )
     )
     worker = cluster.worker("--concurrency", "2", "--grace", "1")
