@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from runner import triggers
 from runner.models import Job
@@ -42,3 +43,26 @@ def test_an_unstarted_interval_first_fires_one_interval_after_now() -> None:
     trigger = triggers.build(_job({"interval": "90m"}), now=now)
     assert trigger.start_date == now + timedelta(minutes=90)
     assert trigger.get_next_fire_time(None, now) == now + timedelta(minutes=90)
+
+
+def test_describe_shows_what_the_file_wrote_and_the_zone_nothing_else() -> None:
+    job = _job({"cron": "0 9 * * mon-fri", "jitter": "30s"})
+    assert triggers.describe(job) == {
+        "cron": "0 9 * * mon-fri",
+        "jitter": 30,
+        "timezone": "Europe/Berlin",
+    }
+
+
+class _AnswersThePast:
+    """A misbehaving trigger: always an hour before the time it is asked about."""
+
+    timezone = UTC
+
+    def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime:
+        return now - timedelta(hours=1)
+
+
+def test_next_fire_times_stop_at_a_trigger_that_answers_before_the_time_asked() -> None:
+    after = datetime(2027, 1, 1, tzinfo=UTC)
+    assert triggers.next_fire_times(cast(Any, _AnswersThePast()), 3, after) == []
