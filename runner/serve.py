@@ -251,6 +251,7 @@ class Server:
             self.runtime.start()
             self.scheduler.start()
             self._spawn("runner-lease", self._lease_loop)
+            self._spawn("runner-beat", self._beat_loop)
             self._spawn("runner-changes", self._change_loop)
             if self.options.watch:
                 self._spawn("runner-watch", self._watch_loop)
@@ -302,14 +303,10 @@ class Server:
 
     # --- background loops ----------------------------------------------------------------
     def _lease_loop(self) -> None:
-        beat_due = 0.0
-        sweep_due = 0.0
+        """Only the lease: nothing else on this thread may delay a renewal past the margin."""
         while not self.stopping.is_set():
             was_leading = self.leadership.leading
             try:
-                if time.monotonic() >= beat_due:
-                    self.leadership.heartbeat()
-                    beat_due = time.monotonic() + 1.0
                 leading = self.leadership.renew()
             except Exception as exc:
                 self.leadership.lose()
@@ -331,13 +328,21 @@ class Server:
                         describe_failure(exc, self.options.db_url),
                     )
             metrics.set_leader(leading)
-            if leading and time.monotonic() >= sweep_due:
-                sweep_due = time.monotonic() + 1.0
+            self.stopping.wait(RENEW_EVERY)
+
+    def _beat_loop(self) -> None:
+        """The node's heartbeat every second and, on the leader, the dead-node sweep."""
+        while not self.stopping.is_set():
+            try:
+                self.leadership.heartbeat()
+            except Exception as exc:
+                log.warning("could not heartbeat: %s", describe_failure(exc, self.options.db_url))
+            if self.leadership.leading:
                 try:
                     self._close_runs_of_dead_nodes()
                 except Exception as exc:
                     log.warning("could not check for dead nodes: %s", str(exc).splitlines()[0])
-            self.stopping.wait(RENEW_EVERY)
+            self.stopping.wait(1.0)
 
     def _on_gain(self) -> None:
         self._close_runs_of_dead_nodes()

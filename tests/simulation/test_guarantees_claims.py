@@ -8,6 +8,7 @@ runs of dead nodes (and only theirs) as interrupted and retries them per the job
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -391,4 +392,54 @@ def test_a_failed_take_up_of_leadership_is_retried(pg_url: str, tmp_path: Path) 
         assert leadership.term == 1
     finally:
         stopping.set()
+        sim.close()
+
+
+@pytest.mark.postgres
+def test_a_slow_dead_node_sweep_never_delays_the_lease_renewal(pg_url: str, tmp_path: Path) -> None:
+    """The sweep and the heartbeat wait on the database like any query; the renewal must
+    not wait behind them, or a loaded leader drops out of its own lease."""
+    sim = Sim(pg_url, [write_jobs(tmp_path / "jobs.yaml", [_job("j", "* * * * *")])], NOON)
+    stopping, sweeping, release = threading.Event(), threading.Event(), threading.Event()
+    leadership = Leadership(sim.engine, "node-a")
+    leadership.prepare()
+    renewals = [0]
+    renew = leadership.renew
+
+    def counted_renew() -> bool:
+        renewals[0] += 1
+        return renew()
+
+    def stuck_sweep() -> None:
+        sweeping.set()
+        release.wait(60)
+
+    leadership.renew = counted_renew  # type: ignore[method-assign]
+    node = SimpleNamespace(
+        stopping=stopping,
+        leadership=leadership,
+        options=SimpleNamespace(db_url=pg_url),
+        _on_gain=lambda: None,
+        _close_runs_of_dead_nodes=stuck_sweep,
+    )
+    server = cast(Server, node)
+    threads = [
+        threading.Thread(target=Server._lease_loop, args=(server,), daemon=True),
+        threading.Thread(target=Server._beat_loop, args=(server,), daemon=True),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        assert sweeping.wait(30), "the leader never swept"
+        stuck_at = renewals[0]
+        deadline = time.monotonic() + 30
+        while renewals[0] < stuck_at + 4:
+            assert time.monotonic() < deadline, "the renewal waited behind the stuck sweep"
+            time.sleep(0.05)
+        assert leadership.term == 1, "renewed under the same term all along"
+    finally:
+        stopping.set()
+        release.set()
+        for thread in threads:
+            thread.join(10)
         sim.close()
