@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from runner import interpolate, models, wording
 from runner.errors import Problem
-from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, YamlProblems, read_yaml_all
+from runner.yamlread import (
+    MAX_FILE_BYTES,
+    Positions,
+    YamlProblem,
+    YamlProblems,
+    read_plain,
+    read_yaml_all,
+)
 from runner.yamlread import Path as YamlPath
 
 ENV_JOBS = "RUNNER_JOBS"
@@ -207,12 +214,25 @@ def duplicate_ids(jobs: Iterable[tuple[str, str, int]]) -> list[Problem]:
     return problems
 
 
-def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]:
+def parse_file(
+    file: str, data: bytes, quick: bool = True
+) -> tuple[list[SourcedJob], list[Problem]]:
     """The jobs of one file that are valid, and every problem found in it.
 
     A file with problems must not be applied, but its valid jobs are still returned so that
     their targets are checked too: one run of `validate` reports everything.
+
+    A plain file is read first without a position for every value (`read_plain`): a valid
+    file needs only its jobs' and their keys' positions. Should it not be plain, or hold any
+    problem, it is read again with every position, so each problem is located exactly as by
+    the full read alone (`quick=False`), which is then the whole answer.
     """
+    if quick:
+        plain = read_plain(data)
+        if plain is not None:
+            jobs, problems = _parse_document(file, plain[0], plain[1], [])
+            if not problems:
+                return jobs, problems
 
     def located(found: YamlProblem) -> Problem:
         return Problem(file, found.line, found.column, None, None, found.message)
