@@ -315,8 +315,7 @@ def apply(paths: tuple[str, ...], db_url: str, dry_run: bool, no_prune: bool, ou
     if output == "json":
         emit_json(report.plan_json(plan, applied, kept))
     else:
-        for line in plan.text_lines():
-            click.echo(line)
+        echo_lines(plan.text_lines())
     sys.exit(2 if dry_run and plan.changed else 0)
 
 
