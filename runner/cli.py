@@ -179,6 +179,10 @@ def _one_shot() -> None:
         # on there would only make it walk every object once more on the way out.
         if not _COMMAND_LINE:
             click.get_current_context().call_on_close(gc.enable)
+    if _COMMAND_LINE:  # nothing else runs in this process: job files may be read in a child
+        from runner import jobfiles
+
+        jobfiles.read_ahead = True
 
 
 def _paths(paths: tuple[str, ...]) -> list[str]:

@@ -69,3 +69,33 @@ def test_echo_lines_writes_what_one_echo_per_line_writes() -> None:
     expected = CliRunner().invoke(per_line).stdout_bytes
     assert "\x1b" not in expected.decode()  # not a terminal: codes are stripped
     assert CliRunner().invoke(batched).stdout_bytes == expected
+
+
+def test_a_large_set_read_in_two_processes_reports_as_one_process_does(tmp_path: Path) -> None:
+    """Over READ_AHEAD_BYTES the command line reads in a child; in process it does not."""
+    import os as _os
+
+    from runner import jobfiles
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from gen_100k import generate
+
+    generate(tmp_path, files=130, jobs_per_file=100)
+    size = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert size > jobfiles.READ_AHEAD_BYTES
+    for index, old, new in [
+        (7, '"}', '"}, extra: 1'),  # a YAML key inside a flow mapping's value: a problem
+        (64, "      timezone: UTC", "      timezone: no"),
+        (129, "  - id: tenant-0129", "  - id: tenant-0000"),
+    ]:
+        path = tmp_path / f"tenants-{index:04d}.yaml"
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    (tmp_path / "tenants-0100.yaml").unlink()
+    _os.symlink(tmp_path / "missing", tmp_path / "tenants-0100.yaml")
+    ran = _command_line(tmp_path)
+    in_process = CliRunner().invoke(cli.main, ["validate", "--no-import", str(tmp_path)])
+    assert ran.returncode == in_process.exit_code == 1
+    assert ran.stderr.decode() == in_process.stderr
+    assert ran.stderr.decode().count("\n") >= 5
