@@ -5,18 +5,26 @@ from __future__ import annotations
 import difflib
 import gc
 import os
+import pickle
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
 from runner import interpolate, models, wording
 from runner.errors import Problem
-from runner.yamlread import MAX_FILE_BYTES, Positions, YamlProblem, YamlProblems, read_yaml_all
+from runner.yamlread import (
+    MAX_FILE_BYTES,
+    Positions,
+    YamlProblem,
+    YamlProblems,
+    read_plain,
+    read_yaml_all,
+)
 from runner.yamlread import Path as YamlPath
 
 ENV_JOBS = "RUNNER_JOBS"
@@ -155,17 +163,116 @@ def load(paths: Sequence[str]) -> Loaded:
 def _load(paths: Sequence[str]) -> Loaded:
     files, problems = discover_some(paths)
     jobs: list[SourcedJob] = []
-    for file in files:
-        try:
-            data = read_bounded(file)
-        except Unreadable as exc:
-            problems.append(Problem(file, 1, 1, None, None, str(exc)))
-            continue
-        file_jobs, file_problems = parse_file(file, data)
-        jobs.extend(file_jobs)
-        problems.extend(file_problems)
+    contents = read_all(files)
+    with PlainReads([data for data in contents if isinstance(data, bytes)]):
+        for file, data in zip(files, contents, strict=True):
+            if isinstance(data, Unreadable):
+                problems.append(Problem(file, 1, 1, None, None, str(data)))
+                continue
+            file_jobs, file_problems = parse_file(file, data)
+            jobs.extend(file_jobs)
+            problems.extend(file_problems)
     problems.extend(_duplicate_ids(jobs))
     return Loaded(jobs=jobs, problems=problems, files=files)
+
+
+def read_all(files: Sequence[str]) -> list[bytes | Unreadable]:
+    """`read_bounded` of each file, or why it cannot be read."""
+    contents: list[bytes | Unreadable] = []
+    for file in files:
+        try:
+            contents.append(read_bounded(file))
+        except Unreadable as exc:
+            contents.append(exc)
+    return contents
+
+
+read_ahead = False
+"""Whether `plain_reads` may read in a child process: set by the `validate` and `apply`
+commands, whose process does nothing else meanwhile (never in serve, which has threads)."""
+READ_AHEAD_BYTES = 1024 * 1024
+"""Below this much YAML, forking costs more than it saves."""
+
+_NOT_READ = object()
+
+
+class PlainReads:
+    """`read_plain(data)` of each of `contents`, made ahead for `parse_file`.
+
+    With `read_ahead` (and enough YAML), a forked child reads them while this process
+    validates the earlier ones (two cores instead of one), and sends each back pickled as it
+    is done: the value `read_plain` gives for the same bytes. While the context is entered,
+    `parse_file` takes the read of the very `contents` object it is given when that one is
+    the next in line, and reads anything else itself; so does it for the rest should the
+    child fail. Leaving the context (or taking the last) ends and reaps the child."""
+
+    def __init__(self, contents: Sequence[bytes]) -> None:
+        self._contents = contents
+        self._next = 0
+        self._child: tuple[int, Any] | None = None
+        self._outer: PlainReads | None = None
+        big = sum(map(len, contents)) >= READ_AHEAD_BYTES
+        if read_ahead and big and hasattr(os, "fork"):
+            self._child = _fork_reader(contents)
+
+    def take(self, data: bytes) -> object:
+        """The read of `data` if it is the next of `contents` (the same object), else
+        _NOT_READ."""
+        index = self._next
+        if self._child is None or index >= len(self._contents):
+            return _NOT_READ
+        if self._contents[index] is not data:
+            return _NOT_READ
+        self._next += 1
+        received = self._child[1]
+        size = int.from_bytes(received.read(8), "little")
+        blob = received.read(size) if size else b""
+        if not size or len(blob) != size:
+            self.close()  # the child failed: the rest are read here
+            return _NOT_READ
+        if self._next == len(self._contents):
+            self.close()
+        return pickle.loads(blob)
+
+    def close(self) -> None:
+        if self._child is not None:
+            pid, received = self._child
+            self._child = None
+            received.close()  # a child still writing gets EPIPE and ends
+            os.waitpid(pid, 0)
+
+    def __enter__(self) -> PlainReads:
+        global _reading
+        self._outer, _reading = _reading, self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _reading
+        self.close()
+        _reading = self._outer
+
+
+_reading: PlainReads | None = None
+"""The reads made ahead for the load under way, if any."""
+
+
+def _fork_reader(contents: Sequence[bytes]) -> tuple[int, Any]:
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: read, send, and end without running anything of the parent's
+        code = 1
+        try:
+            os.close(readable)
+            with os.fdopen(writable, "wb", buffering=1 << 16) as out:
+                for data in contents:
+                    blob = pickle.dumps(read_plain(data), pickle.HIGHEST_PROTOCOL)
+                    out.write(len(blob).to_bytes(8, "little"))
+                    out.write(blob)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writable)
+    return pid, os.fdopen(readable, "rb")
 
 
 def discover_some(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
@@ -207,12 +314,28 @@ def duplicate_ids(jobs: Iterable[tuple[str, str, int]]) -> list[Problem]:
     return problems
 
 
-def parse_file(file: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]:
+def parse_file(
+    file: str, data: bytes, quick: bool = True
+) -> tuple[list[SourcedJob], list[Problem]]:
     """The jobs of one file that are valid, and every problem found in it.
 
     A file with problems must not be applied, but its valid jobs are still returned so that
     their targets are checked too: one run of `validate` reports everything.
+
+    A plain file is read first without a position for every value (`read_plain`): a valid
+    file needs only its jobs' and their keys' positions. Should it not be plain, or hold any
+    problem, it is read again with every position, so each problem is located exactly as by
+    the full read alone (`quick=False`), which is then the whole answer.
     """
+    if quick:
+        plain = _reading.take(data) if _reading is not None else _NOT_READ
+        if plain is _NOT_READ:
+            plain = read_plain(data)  # else PlainReads made it of these very bytes
+        if plain is not None:
+            document, positions = cast(tuple[object, Positions], plain)
+            jobs, problems = _parse_document(file, document, positions, [])
+            if not problems:
+                return jobs, problems
 
     def located(found: YamlProblem) -> Problem:
         return Problem(file, found.line, found.column, None, None, found.message)

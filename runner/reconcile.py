@@ -224,9 +224,12 @@ def owned_row(want: Desired, now: datetime, by: str) -> dict[str, Any]:
 def insert_new(conn: Connection, wants: Sequence[Desired], now: datetime, by: str) -> None:
     """Store jobs that are not stored yet: both rows, scheduled from `now`."""
     refuse_foreign(conn, [w.sourced.job.id for w in wants])
-    bulk.insert(conn, tables.runner_jobs, [owned_row(w, now, by) for w in wants])
+    # Rows are made as the database takes them in, so it stores while the next are made.
+    bulk.insert(conn, tables.runner_jobs, (owned_row(w, now, by) for w in wants))
     built: Built = {}
-    bulk.insert(conn, tables.apscheduler_jobs, [fresh_row(w, now, None, built) for w in wants])
+    dumper = jobstate.StateDumper()
+    rows = (fresh_row(w, now, None, built, dumper) for w in wants)
+    bulk.insert(conn, tables.apscheduler_jobs, rows)
 
 
 def _write(conn: Connection, plan: Plan, desired: Sequence[Wanted], now: datetime) -> None:
@@ -258,6 +261,8 @@ def _write(conn: Connection, plan: Plan, desired: Sequence[Wanted], now: datetim
 
 def refuse_foreign(conn: Connection, ids: Sequence[str]) -> None:
     aps = tables.apscheduler_jobs
+    if ids and conn.execute(select(aps.c.id).limit(1)).first() is None:
+        return  # an empty table holds no job of anyone's (a first apply)
     for chunk in chunks(ids):
         taken = conn.execute(select(aps.c.id).where(aps.c.id.in_(chunk))).scalars().first()
         if taken is not None:
@@ -276,11 +281,16 @@ Built = dict[tuple[Trigger, str], tuple[Any, datetime | None]]
 
 
 def fresh_row(
-    want: Desired, now: datetime, override: bool | None, built: Built | None = None
+    want: Desired,
+    now: datetime,
+    override: bool | None,
+    built: Built | None = None,
+    dumper: jobstate.StateDumper | None = None,
 ) -> dict[str, Any]:
     """`built` shares one trigger (and its first fire) among the jobs of one write whose
     trigger and zone are equal: a trigger depends on nothing else, and is pickled into each
-    row as it is. Not with jitter, whose draw is each job's own."""
+    row as it is. Not with jitter, whose draw is each job's own. `dumper` writes the states
+    of one write, pickling what they share once."""
     job = want.sourced.job
     local_now = now.astimezone(ZoneInfo(job.zone))
     shared = built if built is not None and job.trigger.jitter is None else {}
@@ -297,12 +307,11 @@ def fresh_row(
     stale = next_run is not None and (now - next_run).total_seconds() > job.misfire_grace_time
     if job.trigger.at is not None and stale:
         next_run = None
-    state = jobstate.build_state(job, want.spec, trigger, next_run)
-    return {
-        "id": job.id,
-        "next_run_time": jobstate.timestamp(next_run),
-        "job_state": jobstate.dumps(state),
-    }
+    if dumper is not None:
+        blob = dumper.state(job, want.spec, trigger, next_run)
+    else:
+        blob = jobstate.dumps(jobstate.build_state(job, want.spec, trigger, next_run))
+    return {"id": job.id, "next_run_time": jobstate.timestamp(next_run), "job_state": blob}
 
 
 def _update(

@@ -217,24 +217,42 @@ class Reader:
 
     def _load(self, paths: Sequence[str], full: set[str]) -> Prepared:
         files, problems = jobfiles.discover_some(paths)
+        contents = jobfiles.read_all(files)
+        stamps = [digest(d) if isinstance(d, bytes) else "" for d in contents]
+        recorded = [
+            isinstance(data, bytes) and self._recorded(file, stamp, full)
+            for file, data, stamp in zip(files, contents, stamps, strict=True)
+        ]
+        to_parse = [
+            data
+            for file, data, stamp, known in zip(files, contents, stamps, recorded, strict=True)
+            if isinstance(data, bytes) and not known and (file, stamp) not in self._parsed
+        ]
+        with jobfiles.PlainReads(to_parse) as plains:
+            return self._gather(paths, full, files, contents, stamps, recorded, plains, problems)
+
+    def _gather(
+        self,
+        paths: Sequence[str],
+        full: set[str],
+        files: list[str],
+        contents: list[bytes | jobfiles.Unreadable],
+        stamps: list[str],
+        recorded: list[bool],
+        plains: jobfiles.PlainReads,
+        problems: list[Problem],
+    ) -> Prepared:
         wanted: list[Wanted] = []
         parsed_jobs: list[SourcedJob] = []
         entries: Memo = {}
         known_checks: dict[TargetKey, list[str]] = {}
-        for file in files:
-            try:
-                data = jobfiles.read_bounded(file)
-            except jobfiles.Unreadable as exc:
-                problems.append(Problem(file, 1, 1, None, None, str(exc)))
+        for file, data, stamp, known in zip(files, contents, stamps, recorded, strict=True):
+            if isinstance(data, jobfiles.Unreadable):
+                problems.append(Problem(file, 1, 1, None, None, str(data)))
                 continue
-            stamp = digest(data)
             entry = self.memo.get(file)
-            if (
-                file not in full
-                and entry is not None
-                and entry.digest == stamp
-                and entry.fingerprint == self.fingerprint
-            ):
+            if known:
+                assert entry is not None
                 wanted.extend(Known(i, h, file, n) for i, h, n in entry.jobs)
                 entries[file] = entry
                 for key in entry.checks:
@@ -253,6 +271,7 @@ class Reader:
                 entries[file] = Entry(stamp, self.fingerprint, jobs_seen, checks)
         failing = {f for key, fs in known_checks.items() if self.checks.verdict(key) for f in fs}
         if failing:  # locate each problem: read those files in full
+            plains.close()
             return self._load(paths, full | failing)
         problems.extend(jobfiles.duplicate_ids((w.id, w.file, w.line) for w in wanted))
         problems.extend(self.checks.problems(parsed_jobs))
@@ -263,3 +282,13 @@ class Reader:
         if key not in self._parsed:
             self._parsed[key] = jobfiles.parse_file(file, data)
         return self._parsed[key]
+
+    def _recorded(self, file: str, stamp: str, full: set[str]) -> bool:
+        """Whether the memo stands for this file as it is (see the module's docstring)."""
+        entry = self.memo.get(file)
+        return (
+            file not in full
+            and entry is not None
+            and entry.digest == stamp
+            and entry.fingerprint == self.fingerprint
+        )

@@ -7,7 +7,8 @@ through the connection's own DB-API cursor, so they are part of the caller's tra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,15 +17,22 @@ from sqlalchemy import Connection, Table
 from runner.store.engine import is_postgres
 
 
-def insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `rows` (dicts with every column of the first row's keys) into `table`."""
-    if not rows:
-        return
+def insert(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Insert `rows` (dicts with every column of the first row's keys) into `table`.
+
+    On PostgreSQL an iterator of rows is consumed as COPY sends them, so making the rows
+    and storing them overlap."""
     if not is_postgres(conn.engine):
-        conn.execute(table.insert(), list(rows))
+        listed = list(rows)
+        if listed:
+            conn.execute(table.insert(), listed)
         return
-    columns = list(rows[0])
-    lines = (",".join(_csv(row[name]) for name in columns) + "\n" for row in rows)
+    remaining = iter(rows)
+    first = next(remaining, None)
+    if first is None:
+        return
+    columns = list(first)
+    lines = (_line(row, columns) for row in itertools.chain((first,), remaining))
     names = ", ".join(f'"{name}"' for name in columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -55,6 +63,22 @@ class _Lines:
             return text
         self._rest = text[size:]
         return text[:size]
+
+
+def _line(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    fields = []
+    for name in columns:
+        value = row[name]
+        kind = type(value)
+        if kind is str:
+            fields.append('"' + value.replace('"', '""') + '"')
+        elif kind is bytes:
+            fields.append('"\\x' + value.hex() + '"')
+        elif kind is int or kind is float:
+            fields.append(repr(value))
+        else:
+            fields.append(_csv(value))
+    return ",".join(fields) + "\n"
 
 
 def _csv(value: Any) -> str:
