@@ -216,32 +216,36 @@ class Reader:
             return self._load(paths, set(full or ()))
 
     def _load(self, paths: Sequence[str], full: set[str]) -> Prepared:
-        files, problems = jobfiles.discover_some(paths)
+        files, found = jobfiles.discover_some(paths)
         contents = jobfiles.read_all(files)
         stamps = [digest(d) if isinstance(d, bytes) else "" for d in contents]
-        recorded = [
-            isinstance(data, bytes) and self._recorded(file, stamp, full)
-            for file, data, stamp in zip(files, contents, stamps, strict=True)
-        ]
-        to_parse = [
-            data
-            for file, data, stamp, known in zip(files, contents, stamps, recorded, strict=True)
-            if isinstance(data, bytes) and not known and (file, stamp) not in self._parsed
-        ]
-        with jobfiles.PlainReads(to_parse) as plains:
-            return self._gather(paths, full, files, contents, stamps, recorded, plains, problems)
+        while True:
+            recorded = [
+                isinstance(data, bytes) and self._recorded(file, stamp, full)
+                for file, data, stamp in zip(files, contents, stamps, strict=True)
+            ]
+            to_parse = [
+                data
+                for file, data, stamp, known in zip(files, contents, stamps, recorded, strict=True)
+                if isinstance(data, bytes) and not known and (file, stamp) not in self._parsed
+            ]
+            problems = list(found)
+            with jobfiles.PlainReads(to_parse):
+                prepared, failing = self._gather(files, contents, stamps, recorded, problems, full)
+            if not failing:
+                return prepared
+            full = full | failing  # locate each problem: read those files in full
 
     def _gather(
         self,
-        paths: Sequence[str],
-        full: set[str],
         files: list[str],
         contents: list[bytes | jobfiles.Unreadable],
         stamps: list[str],
         recorded: list[bool],
-        plains: jobfiles.PlainReads,
         problems: list[Problem],
-    ) -> Prepared:
+        full: set[str],
+    ) -> tuple[Prepared, set[str]]:
+        """What the files give, and the recorded files whose target checks now fail."""
         wanted: list[Wanted] = []
         parsed_jobs: list[SourcedJob] = []
         entries: Memo = {}
@@ -270,12 +274,10 @@ class Reader:
                 jobs_seen = tuple((d.id, d.hash, d.line) for d in desired)
                 entries[file] = Entry(stamp, self.fingerprint, jobs_seen, checks)
         failing = {f for key, fs in known_checks.items() if self.checks.verdict(key) for f in fs}
-        if failing:  # locate each problem: read those files in full
-            plains.close()
-            return self._load(paths, full | failing)
-        problems.extend(jobfiles.duplicate_ids((w.id, w.file, w.line) for w in wanted))
-        problems.extend(self.checks.problems(parsed_jobs))
-        return Prepared(wanted, problems, entries, full)
+        if not failing:
+            problems.extend(jobfiles.duplicate_ids((w.id, w.file, w.line) for w in wanted))
+            problems.extend(self.checks.problems(parsed_jobs))
+        return Prepared(wanted, problems, entries, full), failing
 
     def _parse(self, file: str, stamp: str, data: bytes) -> tuple[list[SourcedJob], list[Problem]]:
         key = (file, stamp)
