@@ -68,6 +68,8 @@ class Leadership:
         self._valid_until = 0.0
         self.term: int | None = None
         self._lock = threading.Lock()
+        """Guards `term` and `_valid_until` together: a renewal, a loss and a late
+        confirmation (`still_leading`, from another thread) each change both."""
 
     def may_start(self) -> bool:
         return time.monotonic() < self._valid_until
@@ -153,9 +155,10 @@ class Leadership:
         """Try to take or keep the lease; returns whether this node now leads."""
         asked_at = time.monotonic()
         if not is_postgres(self.engine):
-            self._valid_until = asked_at + LEASE_SECONDS - SAFETY
-            gained = self.term is None
-            self.term = 1
+            with self._lock:
+                self._valid_until = asked_at + LEASE_SECONDS - SAFETY
+                gained = self.term is None
+                self.term = 1
             if gained:
                 log.info("leading (single node on SQLite)")
             return True
@@ -165,22 +168,23 @@ class Leadership:
         if term is None:
             if self.term is not None:
                 log.warning("lost leadership; standing by")
-            self.term = None
-            self._valid_until = 0.0
+            self.lose()
             return False
         if self.term != term:
             log.info("leading (term %d)", term)
-        self.term = term
-        self._valid_until = asked_at + LEASE_SECONDS - SAFETY
+        with self._lock:
+            self.term = term
+            self._valid_until = asked_at + LEASE_SECONDS - SAFETY
         return True
 
     def lose(self) -> None:
-        self._valid_until = 0.0
-        self.term = None
+        with self._lock:  # after this, a late confirmation (`still_leading`) cannot count
+            self._valid_until = 0.0
+            self.term = None
 
     def resign(self) -> None:
         """Hand the lease back at shutdown so a standby takes over at once."""
-        self._valid_until = 0.0
+        self.lose()
         try:
             with self.engine.begin() as conn:
                 if is_postgres(self.engine):
