@@ -188,7 +188,7 @@ def read_all(files: Sequence[str]) -> list[bytes | Unreadable]:
 
 
 read_ahead = False
-"""Whether `plain_reads` may read in a child process: set by the `validate` and `apply`
+"""Whether `PlainReads` may read in a child process: set by the `validate` and `apply`
 commands, whose process does nothing else meanwhile (never in serve, which has threads)."""
 READ_AHEAD_BYTES = 1024 * 1024
 """Below this much YAML, forking costs more than it saves."""

@@ -8,12 +8,12 @@ recorded not started if another node led meanwhile.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from acceptance.serve_helpers import wait_until
 from sqlalchemy import Engine, update
 
 from runner.execute import Fire, Outcome, Status
@@ -48,13 +48,6 @@ def engine(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _due_fire_on(engine: Engine, leadership: Leadership, replaced: bool) -> Outcome:
     recorded = Recorded()
     runtime = Runtime(recorded, warm=0)
@@ -70,7 +63,9 @@ def _due_fire_on(engine: Engine, leadership: Leadership, replaced: bool) -> Outc
     runtime.start()
     try:
         assert leadership.renew()
-        _wait(lambda: not leadership.may_start(), "the node's own lease margin to run out")
+        wait_until(
+            lambda: not leadership.may_start(), 30, 0.05, "the node's own lease margin to run out"
+        )
         if replaced:
             lease = tables.runner_lease
             with engine.begin() as conn:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from acceptance.serve_helpers import wait_until
 from sqlalchemy import Engine, event, select, update
 
 from runner.leadership import (
@@ -161,10 +162,10 @@ def test_a_starved_leader_nobody_replaced_still_leads_and_a_replaced_one_does_no
     leader.prepare()
     standby.prepare()
     assert leader.renew() and leader.term == 1
-    _wait(lambda: not leader.may_start(), "the leader's own margin to run out")
+    wait_until(lambda: not leader.may_start(), 30, 0.05, "the leader's own margin to run out")
     assert leader.still_leading(), "nobody took over: same term, it still leads"
     assert leader.may_start() and leader.term == 1 and _lease(pg_engine) == ("node-a", 1)
-    _wait(lambda: not leader.may_start(), "the margin to run out again")
+    wait_until(lambda: not leader.may_start(), 30, 0.05, "the margin to run out again")
     lease = tables.runner_lease
     with pg_engine.begin() as conn:  # and this time the lease runs out in database time
         conn.execute(update(lease).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
@@ -172,13 +173,6 @@ def test_a_starved_leader_nobody_replaced_still_leads_and_a_replaced_one_does_no
     assert not leader.still_leading(), "another node led meanwhile"
     assert not leader.may_start()
     assert _lease(pg_engine) == ("node-b", 2), "confirming never takes the lease back"
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_confirmed_lease_is_trusted_for_less_than_its_length(any_engine: Engine) -> None:
